@@ -1,0 +1,48 @@
+"""The ``avfused`` command line. Each subcommand lives in ``avfused.commands.<name>`` and defines
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int`` (the exit status)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = ("synth", "prepare", "splits", "train", "eval", "detect", "bench", "info")
+
+
+def _command_modules() -> dict:
+    modules = {}
+    for name in COMMANDS:
+        try:
+            modules[name] = importlib.import_module(f"avfused.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"avfused.commands.{name}":
+                raise
+    return modules
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(
+        prog="avfused", description="Audio-visual deepfake detection with a single-stream network."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = _command_modules()
+    for name, module in modules.items():
+        command = sub.add_parser(
+            name, help=module.HELP, description=module.HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+        module.add_arguments(command)
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    return int(modules[args.command].run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

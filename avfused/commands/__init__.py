@@ -1,0 +1,1 @@
+"""One module per ``avfused`` subcommand: HELP, add_arguments(parser), run(args) -> exit status."""

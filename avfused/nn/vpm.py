@@ -1,0 +1,105 @@
+"""Visual Preprocessing Module (VPM): frame fusion, large-kernel spatial attention, conv MLP, un-fusion.
+
+All modules take video features (B, C, T, H, W) unless noted; the per-frame parts work on
+(N = B*T, C, H, W).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from avfused import backends
+from avfused.nn.layers import DropPath, LayerScale
+
+
+class FrameMix(nn.Module):
+    """A learnable T x T linear map over the frame axis, initialised to the identity.
+
+    forward(x (B, C, T, H, W)) -> (B, C, T, H, W).
+    """
+
+    def __init__(self, frames: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(frames))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("st,bcthw->bcshw", self.weight, x)
+
+
+class LargeKernelAttention(nn.Module):
+    """Gate by large-kernel context: p * 1x1(dw7x7 dilation 3(dw5x5(p))). (N, C, H, W) -> (N, C, H, W)."""
+
+    def __init__(self, channels: int, backend: str = "auto") -> None:
+        super().__init__()
+        self.backend = backend
+        self.dw5 = nn.Conv2d(channels, channels, 5, padding=2, groups=channels)
+        self.dw7 = nn.Conv2d(channels, channels, 7, padding=9, dilation=3, groups=channels)
+        self.pw = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        op = backends.get_op("large_kernel_attention", self.backend, p.device)
+        return op(p, self.dw5.weight, self.dw5.bias, self.dw7.weight, self.dw7.bias, self.pw.weight, self.pw.bias)
+
+
+class ConvMLP(nn.Module):
+    """1x1 expand (x ratio) -> depthwise 3x3 -> ReLU -> 1x1 project. (N, C, H, W) -> (N, C, H, W)."""
+
+    def __init__(self, channels: int, ratio: int = 4, backend: str = "auto") -> None:
+        super().__init__()
+        self.backend = backend
+        hidden = channels * ratio
+        self.expand = nn.Conv2d(channels, hidden, 1)
+        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.project = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op = backends.get_op("conv_mlp", self.backend, x.device)
+        return op(
+            x,
+            self.expand.weight,
+            self.expand.bias,
+            self.dw.weight,
+            self.dw.bias,
+            self.project.weight,
+            self.project.bias,
+        )
+
+
+class VPM(nn.Module):
+    """Frame fusion, then per frame: x + ls1 * 1x1(LKA(ReLU(1x1(BN(x))))), x + ls2 * MLP(BN(x)); un-fusion.
+
+    forward(x (B, C, T, H, W)) -> (B, C, T, H, W).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        frames: int,
+        mlp_ratio: int = 4,
+        layer_scale_init: float = 1e-2,
+        drop_path: float = 0.0,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.fuse = FrameMix(frames)
+        self.norm1 = nn.BatchNorm2d(channels)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.attention = LargeKernelAttention(channels, backend)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.scale1 = LayerScale(channels, layer_scale_init)
+        self.norm2 = nn.BatchNorm2d(channels)
+        self.mlp = ConvMLP(channels, mlp_ratio, backend)
+        self.scale2 = LayerScale(channels, layer_scale_init)
+        self.drop = DropPath(drop_path)
+        self.unfuse = FrameMix(frames)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, frames, height, width = x.shape
+        x = self.fuse(x)
+        y = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        p = torch.relu(self.proj_in(self.norm1(y)))
+        y = y + self.drop(self.scale1(self.proj_out(self.attention(p))), frames)
+        y = y + self.drop(self.scale2(self.mlp(self.norm2(y))), frames)
+        x = y.reshape(batch, frames, channels, height, width).transpose(1, 2)
+        return self.unfuse(x)

@@ -1,0 +1,54 @@
+"""Backend choice: per call, forced with an argument or AVFUSED_BACKEND, loud when forced, quiet fallback."""
+
+import pytest
+import torch
+
+from avfused import SingleStreamNet, available_backends, backends, reference
+from avfused.errors import BackendUnavailableError, UnknownBackendError
+from tests.helpers import random_batch, tiny_config
+
+
+def test_torch_is_always_available_and_others_explain_themselves():
+    status = available_backends("cpu")
+    assert set(status) == {"torch", "triton", "cuda"}
+    assert status["torch"] is None
+    assert all(reason is None or isinstance(reason, str) and reason for reason in status.values())
+
+
+def test_unknown_backend_names_fail(monkeypatch):
+    with pytest.raises(UnknownBackendError, match="bogus"):
+        backends.resolve_backend("bogus", "cpu")
+    monkeypatch.setenv("AVFUSED_BACKEND", "nope")
+    with pytest.raises(UnknownBackendError, match="AVFUSED_BACKEND"):
+        backends.resolve_backend(None, "cpu")
+
+
+def test_forced_but_unavailable_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device=None: f"{name} is switched off here")
+    with pytest.raises(BackendUnavailableError, match="triton is switched off here.*fall back"):
+        backends.resolve_backend("triton", "cpu")
+    monkeypatch.setenv("AVFUSED_BACKEND", "cuda")
+    with pytest.raises(BackendUnavailableError, match="'cuda' was forced"):
+        backends.resolve_backend(None, "cpu")
+
+
+def test_auto_falls_back_to_the_reference(monkeypatch):
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device=None: None if name == "torch" else "no")
+    assert backends.resolve_backend("auto", "cpu") == "torch"
+    assert backends.get_op("joint_token_attention", "auto", "cpu") is reference.joint_token_attention
+
+
+def test_environment_variable_forces_the_reference(monkeypatch):
+    monkeypatch.setenv("AVFUSED_BACKEND", "torch")
+    assert backends.resolve_backend("auto", "cpu") == "torch"
+    config = tiny_config()
+    model = SingleStreamNet(config).eval()
+    video, audio = random_batch(config, 1)
+    expected = SingleStreamNet(config, backend="torch").eval()
+    expected.load_state_dict(model.state_dict())
+    assert torch.equal(model(video, audio).clip, expected(video, audio).clip)
+
+
+def test_model_rejects_unknown_backend():
+    with pytest.raises(UnknownBackendError):
+        SingleStreamNet(tiny_config(), backend="opencl")
