@@ -1,0 +1,173 @@
+"""Deterministic split files from a dataset's records and a seed.
+
+Protocols:
+    kfold        subject-independent k folds: identities are dealt to folds (largest first, to the fold
+                 with fewest videos, ties by a seeded shuffle); each fold is a test set once; every video
+                 is in exactly one test fold and no identity is in two folds.
+    70-30        one identity-disjoint split with about 70% of the videos for training.
+    leave-one-type-out
+                 one fold per held-out type of LOTO_TYPES (RVFA, FVRA-WL, FVFA-WL, FVFA-FS, FVFA-GAN):
+                 identities are first split 70/30; train = training identities' real videos and videos
+                 of the other held-out types; test = test identities' real videos and videos of the held
+                 type. Types outside LOTO_TYPES (FVRA-FS, FVRA-GAN) are not used and are counted as such.
+
+A split file is JSON with the protocol, seed, the folds' file lists, and ``sha256``: the hash of the rest
+of the file's content, written into every result computed from it. ``load_split`` checks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from avfused.errors import DataError
+from avfused.protocols.fakeavceleb import Record
+
+FORMAT = "avfused-split/1"
+PROTOCOLS = ("kfold", "70-30", "leave-one-type-out")
+LOTO_TYPES = ("RVFA", "FVRA-WL", "FVFA-WL", "FVFA-FS", "FVFA-GAN")
+REAL_TYPE = "RVRA"
+
+
+class SplitFileError(DataError):
+    """A split file is missing, malformed, or its content does not match its hash."""
+
+
+@dataclass
+class SplitFile:
+    protocol: str
+    seed: int
+    dataset: str
+    folds: list[dict]
+    unused: int = 0
+
+    def content(self) -> dict:
+        return {
+            "format": FORMAT,
+            "protocol": self.protocol,
+            "seed": self.seed,
+            "dataset": self.dataset,
+            "unused": self.unused,
+            "folds": self.folds,
+        }
+
+    @property
+    def sha256(self) -> str:
+        canonical = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**self.content(), "sha256": self.sha256}, indent=1) + "\n")
+        return path
+
+    def fold(self, name: str | int = 0) -> dict:
+        """A fold by index or name."""
+        if isinstance(name, int) or str(name).isdigit():
+            return self.folds[int(name)]
+        for fold in self.folds:
+            if fold["name"] == name:
+                return fold
+        raise KeyError(f"no fold {name!r}; folds are {[f['name'] for f in self.folds]}")
+
+
+def load_split(path: str | Path) -> SplitFile:
+    """Read a split file and verify its hash."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SplitFileError(path, f"cannot read split file: {exc}") from exc
+    if data.get("format") != FORMAT:
+        raise SplitFileError(path, f"not an {FORMAT} file (format={data.get('format')!r})")
+    split = SplitFile(data["protocol"], data["seed"], data["dataset"], data["folds"], data.get("unused", 0))
+    if split.sha256 != data.get("sha256"):
+        raise SplitFileError(path, "content does not match its sha256: the file was edited; regenerate it")
+    return split
+
+
+def _deal_identities(records: list[Record], groups: int, seed: int) -> list[set[str]]:
+    """Identities into ``groups`` sets with balanced video counts; deterministic from ``seed``."""
+    counts = Counter(r.identity for r in records)
+    identities = sorted(counts)
+    random.Random(seed).shuffle(identities)
+    identities.sort(key=lambda identity: -counts[identity])  # stable: shuffled order breaks ties
+    sets: list[set[str]] = [set() for _ in range(groups)]
+    sizes = [0] * groups
+    for identity in identities:
+        target = min(range(groups), key=lambda g: (sizes[g], g))
+        sets[target].add(identity)
+        sizes[target] += counts[identity]
+    return sets
+
+
+def _split_identities(records: list[Record], train_fraction: float, seed: int) -> tuple[set[str], set[str]]:
+    counts = Counter(r.identity for r in records)
+    identities = sorted(counts)
+    random.Random(seed).shuffle(identities)
+    train, total, taken = set(), sum(counts.values()), 0
+    for identity in identities:
+        if taken < train_fraction * total:
+            train.add(identity)
+            taken += counts[identity]
+    return train, set(identities) - train
+
+
+def _paths(records: Iterable[Record]) -> list[str]:
+    return sorted(r.path for r in records)
+
+
+def make_splits(
+    records: Iterable[Record],
+    protocol: str,
+    seed: int = 0,
+    dataset: str = "dataset",
+    folds: int = 5,
+    train_fraction: float = 0.7,
+) -> SplitFile:
+    """Build the split file of ``protocol`` (one of PROTOCOLS) for ``records``."""
+    records = sorted(records, key=lambda r: r.path)
+    if len({r.path for r in records}) != len(records):
+        raise ValueError("records must name each file once (resolve duplicates first)")
+    if protocol == "kfold":
+        if not 2 <= folds <= len({r.identity for r in records}):
+            raise ValueError(f"kfold needs 2 <= folds <= number of identities, got folds={folds}")
+        sets = _deal_identities(records, folds, seed)
+        result = [
+            {
+                "name": f"fold{i}",
+                "train": _paths(r for r in records if r.identity not in held),
+                "test": _paths(r for r in records if r.identity in held),
+            }
+            for i, held in enumerate(sets)
+        ]
+        return SplitFile(protocol, seed, dataset, result)
+    if protocol == "70-30":
+        train, test = _split_identities(records, train_fraction, seed)
+        fold = {
+            "name": "70-30",
+            "train": _paths(r for r in records if r.identity in train),
+            "test": _paths(r for r in records if r.identity in test),
+        }
+        return SplitFile(protocol, seed, dataset, [fold])
+    if protocol == "leave-one-type-out":
+        used = [r for r in records if r.type_code in LOTO_TYPES + (REAL_TYPE,)]
+        train_ids, test_ids = _split_identities(used, train_fraction, seed)
+        result = []
+        for held in LOTO_TYPES:
+            train_types = {REAL_TYPE} | (set(LOTO_TYPES) - {held})
+            result.append(
+                {
+                    "name": held,
+                    "train": _paths(r for r in used if r.identity in train_ids and r.type_code in train_types),
+                    "test": _paths(r for r in used if r.identity in test_ids and r.type_code in (held, REAL_TYPE)),
+                }
+            )
+        return SplitFile(protocol, seed, dataset, result, unused=len(records) - len(used))
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
