@@ -37,10 +37,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, modules
 
 
+def _quiet_ffmpeg(verbose: bool) -> None:
+    """FFmpeg prints its own lines for every bad file; avfused reports those files itself."""
+    try:
+        import av
+    except ImportError:
+        return
+    av.logging.set_level(av.logging.VERBOSE if verbose else av.logging.PANIC)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, modules = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    _quiet_ffmpeg(args.verbose)
     return int(modules[args.command].run(args) or 0)
 
 

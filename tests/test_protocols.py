@@ -13,7 +13,7 @@ from avfused.protocols import (
     remove_silence_cue,
     silence_scores,
 )
-from avfused.protocols.fakeavceleb import MetadataError
+from avfused.errors import MetadataError
 from avfused.protocols.splits import LOTO_TYPES, SplitFileError
 
 TYPES = {

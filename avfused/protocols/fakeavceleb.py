@@ -21,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from avfused.errors import DataError
+from avfused.errors import MetadataError
 
 REQUIRED_COLUMNS = ("source", "target1", "target2", "method", "category", "type", "race", "gender", "path")
 TYPE_SHORT = {
@@ -42,10 +42,6 @@ TYPE_CODES = {
     ("FVFA", "fsgan-wav2lip"): "FVFA-GAN",
 }
 FAKEAVCELEB_TYPES = tuple(dict.fromkeys(TYPE_CODES.values()))
-
-
-class MetadataError(DataError):
-    """A metadata file is missing, unreadable, or lacks a column the layout needs."""
 
 
 @dataclass(frozen=True)
