@@ -32,10 +32,17 @@ def _metadata_csv(root: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     root = Path(args.data)
     table = read_fakeavceleb_metadata(_metadata_csv(root) if root.is_dir() else root)
+    root = root if root.is_dir() else root.parent
     for line in table.report:
         print(f"metadata: {line}")
     split = make_splits(
-        table.records, args.protocol, args.seed, args.dataset, folds=args.folds, train_fraction=args.train_fraction
+        table.records,
+        args.protocol,
+        args.seed,
+        args.dataset,
+        folds=args.folds,
+        train_fraction=args.train_fraction,
+        root=root,
     )
     out = Path(args.out or f"splits/{args.dataset}-{args.protocol}-s{args.seed}.json")
     split.save(out)

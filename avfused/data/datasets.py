@@ -146,7 +146,18 @@ def _fakeavceleb_labels(row: dict, where: str) -> tuple[int, int]:
 
 
 def fakeavceleb_records(root: str | os.PathLike, metadata: str = "meta_data.csv") -> list[ClipRecord]:
-    """Records of FakeAVCeleb (and of ``avfused synth`` output, written in the same layout)."""
+    """Records of FakeAVCeleb (and of ``avfused synth`` output, written in the same layout), one per file:
+    duplicate rows are resolved or dropped by the rule of ``avfused.protocols.fakeavceleb``, and logged."""
+    from avfused.protocols.fakeavceleb import resolve_duplicates
+
+    records, report = resolve_duplicates(fakeavceleb_rows(root, metadata))
+    for line in report:
+        log.warning("meta_data.csv: %s", line)
+    return records
+
+
+def fakeavceleb_rows(root: str | os.PathLike, metadata: str = "meta_data.csv") -> list[ClipRecord]:
+    """One record per row of FakeAVCeleb's metadata CSV, duplicates included (see fakeavceleb_records)."""
     root = _require_dir(root)
     csv_path = _require_file(root / metadata, "FakeAVCeleb metadata CSV")
     with open(csv_path, newline="", encoding="utf-8") as handle:

@@ -5,7 +5,13 @@ make_splits(records, protocol, seed, ...) -> SplitFile (JSON with a content hash
 leading_silence_seconds(wave, sample_rate) / remove_silence_cue(wave, ...)
 """
 
-from avfused.protocols.fakeavceleb import FAKEAVCELEB_TYPES, MetadataTable, Record, read_fakeavceleb_metadata
+from avfused.protocols.fakeavceleb import (
+    FAKEAVCELEB_TYPES,
+    MetadataTable,
+    read_fakeavceleb_metadata,
+    resolve_duplicates,
+    type_code,
+)
 from avfused.protocols.silence import leading_silence_seconds, remove_silence_cue, silence_scores
 from avfused.protocols.splits import PROTOCOLS, SplitFile, load_split, make_splits
 
@@ -13,12 +19,13 @@ __all__ = [
     "FAKEAVCELEB_TYPES",
     "MetadataTable",
     "PROTOCOLS",
-    "Record",
     "SplitFile",
     "leading_silence_seconds",
     "load_split",
     "make_splits",
     "read_fakeavceleb_metadata",
     "remove_silence_cue",
+    "resolve_duplicates",
     "silence_scores",
+    "type_code",
 ]

@@ -11,7 +11,9 @@ Protocols:
                  of the other held-out types; test = test identities' real videos and videos of the held
                  type. Types outside LOTO_TYPES (FVRA-FS, FVRA-GAN) are not used and are counted as such.
 
-A split file is JSON with the protocol, seed, the folds' file lists, and ``sha256``: the hash of the rest
+Records are ``avfused.data.ClipRecord`` s (any dataset); file paths are written relative to the dataset
+root when one is given, so a split file works on every machine. A split file is JSON with the protocol,
+seed, the folds' file lists, and ``sha256``: the hash of the rest
 of the file's content, written into every result computed from it. ``load_split`` checks it.
 """
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avfused.errors import DataError
-from avfused.protocols.fakeavceleb import Record
+from avfused.protocols.fakeavceleb import type_code
 
 FORMAT = "avfused-split/1"
 PROTOCOLS = ("kfold", "70-30", "leave-one-type-out")
@@ -92,7 +94,7 @@ def load_split(path: str | Path) -> SplitFile:
     return split
 
 
-def _deal_identities(records: list[Record], groups: int, seed: int) -> list[set[str]]:
+def _deal_identities(records: list, groups: int, seed: int) -> list[set[str]]:
     """Identities into ``groups`` sets with balanced video counts; deterministic from ``seed``."""
     counts = Counter(r.identity for r in records)
     identities = sorted(counts)
@@ -107,7 +109,7 @@ def _deal_identities(records: list[Record], groups: int, seed: int) -> list[set[
     return sets
 
 
-def _split_identities(records: list[Record], train_fraction: float, seed: int) -> tuple[set[str], set[str]]:
+def _split_identities(records: list, train_fraction: float, seed: int) -> tuple[set[str], set[str]]:
     counts = Counter(r.identity for r in records)
     identities = sorted(counts)
     random.Random(seed).shuffle(identities)
@@ -119,22 +121,33 @@ def _split_identities(records: list[Record], train_fraction: float, seed: int) -
     return train, set(identities) - train
 
 
-def _paths(records: Iterable[Record]) -> list[str]:
-    return sorted(r.path for r in records)
+def relative_path(path: str, root: str | Path | None) -> str:
+    """``path`` relative to ``root`` (POSIX separators) when it lies inside it, else unchanged."""
+    if root is None:
+        return Path(path).as_posix()
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
 
 
 def make_splits(
-    records: Iterable[Record],
+    records: Iterable,
     protocol: str,
     seed: int = 0,
     dataset: str = "dataset",
     folds: int = 5,
     train_fraction: float = 0.7,
+    root: str | Path | None = None,
 ) -> SplitFile:
-    """Build the split file of ``protocol`` (one of PROTOCOLS) for ``records``."""
+    """Build the split file of ``protocol`` (one of PROTOCOLS) for ``records`` (paths relative to ``root``)."""
     records = sorted(records, key=lambda r: r.path)
     if len({r.path for r in records}) != len(records):
         raise ValueError("records must name each file once (resolve duplicates first)")
+
+    def _paths(chosen: Iterable) -> list[str]:
+        return sorted(relative_path(r.path, root) for r in chosen)
+
     if protocol == "kfold":
         if not 2 <= folds <= len({r.identity for r in records}):
             raise ValueError(f"kfold needs 2 <= folds <= number of identities, got folds={folds}")
@@ -157,7 +170,8 @@ def make_splits(
         }
         return SplitFile(protocol, seed, dataset, [fold])
     if protocol == "leave-one-type-out":
-        used = [r for r in records if r.type_code in LOTO_TYPES + (REAL_TYPE,)]
+        codes = {r.path: type_code(r) for r in records}
+        used = [r for r in records if codes[r.path] in LOTO_TYPES + (REAL_TYPE,)]
         train_ids, test_ids = _split_identities(used, train_fraction, seed)
         result = []
         for held in LOTO_TYPES:
@@ -165,8 +179,8 @@ def make_splits(
             result.append(
                 {
                     "name": held,
-                    "train": _paths(r for r in used if r.identity in train_ids and r.type_code in train_types),
-                    "test": _paths(r for r in used if r.identity in test_ids and r.type_code in (held, REAL_TYPE)),
+                    "train": _paths(r for r in used if r.identity in train_ids and codes[r.path] in train_types),
+                    "test": _paths(r for r in used if r.identity in test_ids and codes[r.path] in (held, REAL_TYPE)),
                 }
             )
         return SplitFile(protocol, seed, dataset, result, unused=len(records) - len(used))
