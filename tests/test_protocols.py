@@ -6,6 +6,7 @@ import random
 import numpy as np
 import pytest
 
+from avfused.errors import MediaNotFoundError, MetadataError
 from avfused.protocols import (
     load_split,
     make_splits,
@@ -14,7 +15,6 @@ from avfused.protocols import (
     silence_scores,
     type_code,
 )
-from avfused.errors import MediaNotFoundError, MetadataError
 from avfused.protocols.splits import LOTO_TYPES, SplitFileError, relative_path
 
 TYPES = {
