@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from collections.abc import Callable
 from types import ModuleType
 
@@ -47,6 +48,9 @@ def _load(name: str) -> tuple[ModuleType | None, str | None]:
     """Import a backend's implementation module; (None, reason) when it cannot be imported."""
     if name == "torch":
         return reference, None
+    module = sys.modules.get(_MODULES[name])
+    if module is not None:  # already imported: no importlib call, so torch.compile can trace get_op
+        return module, None
     try:
         return importlib.import_module(_MODULES[name]), None
     except ImportError as exc:  # a missing dependency or an unbuilt extension

@@ -150,9 +150,11 @@ class SingleStreamNet(nn.Module):
     @backend.setter
     def backend(self, name: str) -> None:
         """Set the backend of every hot module (a forced backend is checked when a call runs)."""
-        from avfused.backends import check_name
+        from avfused.backends import check_name, unavailable_reason
 
         self._backend = check_name(name)
+        if name != "auto":
+            unavailable_reason(name)  # imports the backend now, so a later torch.compile need not
         for module in self.modules():
             if module is not self and hasattr(module, "backend"):
                 module.backend = name

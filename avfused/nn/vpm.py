@@ -24,7 +24,10 @@ class FrameMix(nn.Module):
         self.weight = nn.Parameter(torch.eye(frames))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("st,bcthw->bcshw", self.weight, x)
+        # out[:, :, s] = sum_t W[s, t] x[:, :, t], as one batched W @ (T, H*W) product
+        batch, channels, frames, height, width = x.shape
+        mixed = torch.matmul(self.weight, x.reshape(batch * channels, frames, height * width))
+        return mixed.reshape(batch, channels, frames, height, width)
 
 
 class LargeKernelAttention(nn.Module):
