@@ -1,0 +1,216 @@
+"""What the benchmarks run: the subjects (each hot op, the whole model), the modes, and the steps.
+
+A Case is (subject, mode, batch). Subjects: the four fused ops of ``avfused.reference``, called with
+the shapes the model gives them at stage 0 (the largest maps), and ``model`` (SingleStreamNet).
+Modes:
+    inference         eval mode, no autograd
+    forward           training mode, autograd recording (what a training forward costs)
+    forward_backward  forward, then backward into every input that needs a gradient and every weight
+    train_step        zero grads, forward, loss, backward, AdamW step
+plan_cases runs inference at every batch size and the training modes at the largest one.
+
+op_step(fn, inputs, mode) / model_step(model, config, batch, device, mode) -> a step: a callable
+taking no arguments that does one call of the case; timing.measure times it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from avfused.config import ModelConfig
+from avfused.model import FAKE, ModelOutput, SingleStreamNet
+from avfused.nn.frontend import AudioStem
+from avfused.nn.saavm import SAAVM
+from avfused.nn.vpm import ConvMLP, LargeKernelAttention
+
+OPS = ("audio_frontend_stem", "joint_token_attention", "large_kernel_attention", "conv_mlp")
+MODEL = "model"
+SUBJECTS = OPS + (MODEL,)
+MODES = ("inference", "forward", "forward_backward", "train_step")
+TRAINING_MODES = MODES[1:]
+
+LEARNING_RATE, WEIGHT_DECAY, LABEL_SMOOTHING = 5e-4, 0.01, 0.1  # DESIGN.md's training recipe
+
+DATA, ACTIVATION, PARAMETER = "data", "activation", "parameter"  # roles of an op's arguments
+
+
+@dataclass(frozen=True)
+class Case:
+    subject: str
+    mode: str
+    batch: int
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return self.subject, self.mode, self.batch
+
+
+def plan_cases(subjects: Sequence[str], modes: Sequence[str], batch_sizes: Sequence[int]) -> list[Case]:
+    """Inference at every batch size, the training modes at the largest (a batch of 1 does not train)."""
+    largest = max(batch_sizes)
+    cases = []
+    for subject in subjects:
+        for mode in modes:
+            sizes = sorted(set(batch_sizes)) if mode == "inference" else [largest]
+            cases.extend(Case(subject, mode, batch) for batch in sizes)
+    return cases
+
+
+def quick_config() -> ModelConfig:
+    """Tiny shapes for --quick (CI, smoke test): every code path, milliseconds per call on a CPU."""
+    return ModelConfig(
+        widths=(4, 8), depths=(1, 2), frames=3, image_size=30, clip_seconds=0.06, sinc_filters=8, sinc_kernel_size=31
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# op inputs: the tensors the model passes to each op, with freshly initialised module weights
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class OpInputs:
+    tensors: list[torch.Tensor]
+    roles: list[str]  # DATA (no gradient), ACTIVATION (gradient, not optimised), PARAMETER (both)
+    kwargs: dict
+
+
+def op_inputs(op: str, config: ModelConfig, batch: int, device: torch.device, seed: int = 0) -> OpInputs:
+    """Arguments of one stage-0 call of ``op`` for ``batch`` clips; the same seed gives the same tensors."""
+    torch.manual_seed(seed)
+    channels, side, frames = config.widths[0], config.video_sizes()[0], config.frames
+    images = batch * frames
+    if op == "audio_frontend_stem":
+        stem = AudioStem(config, channels)
+        wave = 0.1 * torch.randn(batch, config.num_samples)
+        tensors = [wave, stem.frontend.low_hz, stem.frontend.band_hz, stem.weight]
+        roles, kwargs = [DATA, PARAMETER, PARAMETER, PARAMETER], stem.frontend.op_kwargs()
+    elif op == "joint_token_attention":
+        saavm = SAAVM(channels, frames, config.num_tokens(0), config.window, config.audio_token_kernel)
+        tokens = torch.randn(batch, config.num_tokens(0), config.token_dim)
+        tensors = [tokens, saavm.pos, saavm.norm.weight, saavm.norm.bias, saavm.mix.weight, saavm.mix.bias]
+        roles, kwargs = [ACTIVATION] + [PARAMETER] * 5, {}
+    elif op == "large_kernel_attention":
+        lka = LargeKernelAttention(channels)
+        p = torch.rand(images, channels, side, side)  # the op's input comes out of a ReLU
+        weights = [lka.dw5.weight, lka.dw5.bias, lka.dw7.weight, lka.dw7.bias, lka.pw.weight, lka.pw.bias]
+        tensors, roles, kwargs = [p] + weights, [ACTIVATION] + [PARAMETER] * 6, {}
+    elif op == "conv_mlp":
+        mlp = ConvMLP(channels, config.mlp_ratio)
+        x = torch.randn(images, channels, side, side)
+        weights = [mlp.expand.weight, mlp.expand.bias, mlp.dw.weight, mlp.dw.bias, mlp.project.weight, mlp.project.bias]
+        tensors, roles, kwargs = [x] + weights, [ACTIVATION] + [PARAMETER] * 6, {}
+    else:
+        raise ValueError(f"unknown op {op!r}; expected one of {OPS}")
+    tensors = [t.detach().to(device).contiguous() for t in tensors]
+    return OpInputs(tensors, roles, kwargs)
+
+
+def op_step(fn: Callable, inputs: OpInputs, mode: str) -> Callable[[], None]:
+    """One call of an op in ``mode``; for the backward modes the output gradient is fixed random noise."""
+    train = mode != "inference"
+    pairs = list(zip(inputs.tensors, inputs.roles, strict=True))
+    tensors = [t.detach().clone().requires_grad_(train and role != DATA) for t, role in pairs]
+    leaves = [t for t in tensors if t.requires_grad]
+    parameters = [t for t, (_, role) in zip(tensors, pairs, strict=True) if role == PARAMETER]
+    kwargs = inputs.kwargs
+    if mode == "inference":
+
+        def step() -> None:
+            with torch.no_grad():
+                fn(*tensors, **kwargs)
+
+        return step
+    if mode == "forward":
+        return lambda: fn(*tensors, **kwargs)
+    optimizer = (
+        torch.optim.AdamW(parameters, LEARNING_RATE, weight_decay=WEIGHT_DECAY) if mode == "train_step" else None
+    )
+    grad_output: list[torch.Tensor] = []
+
+    def step() -> None:
+        for leaf in leaves:
+            leaf.grad = None
+        out = fn(*tensors, **kwargs)
+        if not grad_output:
+            generator = torch.Generator(out.device).manual_seed(1)
+            grad_output.append(torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype))
+        out.backward(grad_output[0])
+        if optimizer is not None:
+            optimizer.step()
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole model
+# ---------------------------------------------------------------------------------------------
+def model_inputs(config: ModelConfig, batch: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """(video (B, T, 3, H, W) in [0, 1], audio (B, S), labels (B,)); the same seed gives the same tensors."""
+    generator = torch.Generator().manual_seed(seed)
+    video = torch.rand(batch, config.frames, 3, config.image_size, config.image_size, generator=generator)
+    audio = 0.1 * torch.randn(batch, config.num_samples, generator=generator)
+    labels = torch.randint(0, 2, (batch,), generator=generator)
+    return video.to(device), audio.to(device), labels.to(device)
+
+
+def training_loss(output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
+    """Clip + visual + audio cross-entropy (label smoothing 0.1), plus the mismatch pairs and probes when present."""
+
+    def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, label_smoothing=LABEL_SMOOTHING)
+
+    loss = ce(output.clip, labels) + ce(output.visual, labels) + ce(output.audio, labels)
+    if output.mismatch is not None:
+        loss = loss + ce(output.mismatch, torch.full_like(labels, FAKE))
+    for probe in (output.style_visual, output.style_audio):
+        if probe is not None:
+            loss = loss + ce(probe, labels)
+    return loss
+
+
+def build_model(config: ModelConfig, backend: str, device: torch.device, seed: int = 0) -> SingleStreamNet:
+    """A model with the weights every variant shares (same seed), on ``device``."""
+    torch.manual_seed(seed)
+    return SingleStreamNet(config, backend=backend).to(device)
+
+
+def model_step(
+    model: torch.nn.Module, config: ModelConfig, batch: int, device: torch.device, mode: str, seed: int = 0
+) -> Callable:
+    """One call of the whole model in ``mode`` (the model is switched to eval or train mode here).
+
+    Training calls re-seed the RNG first, so every call (and every variant) makes the same random choices
+    (statistics swap, mismatch partner): the same work each time, and no new graph for torch.compile mid-timing.
+    """
+    video, audio, labels = model_inputs(config, batch, device, seed)
+    if mode == "inference":
+        model.eval()
+
+        def step() -> None:
+            with torch.no_grad():
+                model(video, audio)
+
+        return step
+    model.train()
+    if mode == "forward":
+
+        def forward() -> None:
+            torch.manual_seed(seed)
+            model(video, audio)
+
+        return forward
+    optimizer = None
+    if mode == "train_step":
+        optimizer = torch.optim.AdamW(model.parameters(), LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+
+    def step() -> None:
+        torch.manual_seed(seed)
+        model.zero_grad(set_to_none=True)
+        training_loss(model(video, audio), labels).backward()
+        if optimizer is not None:
+            optimizer.step()
+
+    return step

@@ -1,0 +1,133 @@
+"""The performance targets of issue 5, checked against a run's rows; reported whether met or not.
+
+evaluate_targets(rows, device_type) -> [TargetResult]: one line per target and fused backend measured
+(a target with no fused row says "not measured" and why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from avfused.bench.variants import FUSED
+
+# metric keys of a Row: speed-ups are "times faster" (higher is better), memory a fraction of eager's.
+SPEEDUP_EAGER, SPEEDUP_COMPILE, MEMORY_VS_EAGER = "vs_eager", "vs_compile", "mem_vs_eager"
+
+
+@dataclass(frozen=True)
+class Target:
+    description: str
+    device_type: str | None  # "cpu", "cuda", or None for both
+    subject: str
+    mode: str
+    batch: str  # "smallest", "largest" or "each" batch size that the run measured
+    metric: str
+    threshold: float
+    strict: bool = False  # "faster than" (>) rather than "at least" (>=)
+
+    def needed(self) -> str:
+        if self.metric == MEMORY_VS_EAGER:
+            return f"<= {self.threshold:.2f} x eager"
+        sign = ">" if self.strict else ">="
+        return f"{sign} {self.threshold:g}x"
+
+    def met_by(self, value: float) -> bool:
+        if self.metric == MEMORY_VS_EAGER:
+            return value <= self.threshold
+        return value > self.threshold if self.strict else value >= self.threshold
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("CPU inference, batch 1: fused >= 2x eager", "cpu", "model", "inference", "smallest", SPEEDUP_EAGER, 2.0),
+    Target(
+        "CPU inference, batch 1: fused faster than compile",
+        "cpu",
+        "model",
+        "inference",
+        "smallest",
+        SPEEDUP_COMPILE,
+        1.0,
+        strict=True,
+    ),
+    Target(
+        "training-step peak memory, fused front end <= 1/3 eager",
+        None,
+        "audio_frontend_stem",
+        "train_step",
+        "largest",
+        MEMORY_VS_EAGER,
+        1 / 3,
+    ),
+    Target(
+        "training-step peak memory, whole model <= 1/3 eager",
+        None,
+        "model",
+        "train_step",
+        "largest",
+        MEMORY_VS_EAGER,
+        1 / 3,
+    ),
+    Target("GPU training step >= 2x eager", "cuda", "model", "train_step", "largest", SPEEDUP_EAGER, 2.0),
+    Target("GPU training step >= 1.3x compile", "cuda", "model", "train_step", "largest", SPEEDUP_COMPILE, 1.3),
+    Target("GPU inference >= 3x eager", "cuda", "model", "inference", "each", SPEEDUP_EAGER, 3.0),
+)
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    description: str
+    backend: str
+    batch: int | None
+    value: float | None
+    needed: str
+    met: bool | None  # None: not measured in this run
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "NOT met", None: "not measured"}[self.met]
+
+
+def _batches(rows: Sequence, target: Target) -> list[int]:
+    sizes = sorted({row.batch for row in rows if row.subject == target.subject and row.mode == target.mode})
+    if not sizes:
+        return []
+    if target.batch == "smallest":
+        return sizes[:1]
+    if target.batch == "largest":
+        return sizes[-1:]
+    return sizes
+
+
+def _missing_baseline(metric: str) -> str:
+    baseline = "torch.compile" if metric == SPEEDUP_COMPILE else "eager"
+    return f"no {baseline} measurement of this case in this run"
+
+
+def evaluate_targets(rows: Sequence, device_type: str, fused_status: dict[str, str | None]) -> list[TargetResult]:
+    """Check each target that applies to ``device_type``; ``fused_status`` gives why a fused backend is absent."""
+    results = []
+    for target in TARGETS:
+        if target.device_type not in (None, device_type):
+            continue
+        batches = _batches(rows, target)
+        found = False
+        for batch in batches:
+            for row in rows:
+                if (row.subject, row.mode, row.batch) != (target.subject, target.mode, batch):
+                    continue
+                if row.variant not in FUSED:
+                    continue
+                found = True
+                value = getattr(row, target.metric)
+                met = None if value is None else target.met_by(value)
+                note = "" if value is not None else (row.reason or _missing_baseline(target.metric))
+                results.append(TargetResult(target.description, row.label, batch, value, target.needed(), met, note))
+        if not found:
+            absent = [f"{name}: {reason}" for name, reason in fused_status.items() if reason]
+            note = "no fused backend ran this case" + (f" ({'; '.join(absent)})" if absent else "")
+            if not batches:
+                note = f"{target.subject} {target.mode} was not in this run"
+            results.append(TargetResult(target.description, "-", None, None, target.needed(), None, note))
+    return results

@@ -1,0 +1,243 @@
+"""The benchmark harness runs, briefly, in the normal test suite so it cannot rot. No test asserts a time.
+
+Checked: the table's structure and files (``avfused bench --quick``), that every backend is either measured
+or listed with its reason (the Triton interpreter never measured), that a failing backend is reported
+without stopping the run, the ratio and target arithmetic on made-up rows, the work figures against
+torch's FlopCounterMode, and that the pytest-benchmark suites in benchmarks/ run.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from avfused import backends, reference
+from avfused.bench import report, work
+from avfused.bench.cases import MODES, OPS, SUBJECTS, Case, op_inputs, plan_cases, quick_config
+from avfused.bench.runner import Row, Settings, add_ratios, run_benchmarks
+from avfused.bench.targets import evaluate_targets
+from avfused.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _table_rows(markdown: str, heading: str) -> list[list[str]]:
+    """Cells of the first markdown table after ``heading``, header row first."""
+    lines = markdown.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not line.startswith("|---"):
+            table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return table
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One `avfused bench --quick` over every subject and mode, shared by the structure checks."""
+    out = tmp_path_factory.mktemp("bench")
+    readme = out / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nold table\n{report.README_END}\nrest\n")
+    threads = torch.get_num_threads()
+    try:
+        status = main(["bench", "--quick", "--output-dir", str(out), "--update-readme", str(readme)])
+    finally:
+        torch.set_num_threads(threads)
+    files = {path.suffix: path for path in out.iterdir() if path.name != "README.md"}
+    return status, out, files, readme
+
+
+def test_quick_bench_writes_every_output(quick_run):
+    status, _, files, readme = quick_run
+    assert status == 0
+    assert set(files) == {".md", ".json", ".csv", ".png"}
+    assert files[".png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "old table" not in text
+    assert "Latest run: **" in text and "| target |" in text
+
+
+def test_markdown_table_has_every_case_and_a_consistent_shape(quick_run):
+    markdown = quick_run[2][".md"].read_text()
+    for heading in ("## Backends", "## Targets", "## Results"):
+        assert heading in markdown
+    backends_table = _table_rows(markdown, "## Backends")
+    assert backends_table[0] == ["backend", "measured", "why not"]
+    listed = {cells[0]: cells for cells in backends_table[1:]}
+    assert set(listed) == {"eager", "compile", "triton", "cpp"}
+    for name, (_, measured, reason) in listed.items():
+        assert measured in ("yes", "no")
+        assert (measured == "no") == bool(reason), name  # a backend not measured always says why
+    assert listed["triton"][1] == "no"  # the CPU here runs Triton only in the interpreter: never measured
+    assert listed["compile"][1] == "no" and "--quick" in listed["compile"][2]
+    for subject in SUBJECTS:
+        title = "### whole model" if subject == "model" else f"### {subject}"
+        table = _table_rows(markdown, title)
+        assert table[0] == list(report.COLUMNS)
+        assert all(len(cells) == len(report.COLUMNS) for cells in table)
+        eager = [cells for cells in table[1:] if cells[2] == "eager"]
+        expected = [(c.mode, str(c.batch)) for c in plan_cases([subject], MODES, (1, 2))]
+        assert [(cells[0], cells[1]) for cells in eager] == expected
+        assert all(cells[5] == "1.00x" for cells in eager)
+
+
+def test_json_and_csv_rows_carry_device_versions_and_config(quick_run):
+    files = quick_run[2]
+    data = json.loads(files[".json"].read_text())
+    meta = data["meta"]
+    assert meta["device_type"] == "cpu" and meta["device"] and meta["versions"]["torch"] == torch.__version__
+    assert meta["config"] == quick_config().to_dict() and meta["quick"] is True
+    eager = [row for row in data["rows"] if row["variant"] == "eager"]
+    assert len(eager) == len(plan_cases(SUBJECTS, MODES, (1, 2)))
+    for row in eager:
+        assert row["status"] == "ok" and row["repeats"] >= 2
+        assert row["median_ms"] > 0 and row["peak_mib"] is not None and row["flops_per_clip"] > 0
+    header = files[".csv"].read_text().splitlines()[0].split(",")
+    for column in ("device", "torch_version", "config", "subject", "mode", "batch", "variant", "median_ms"):
+        assert column in header
+    assert {t["verdict"] for t in data["targets"]} <= {"met", "NOT met", "not measured"}
+
+
+def test_a_failing_backend_is_reported_and_the_run_goes_on(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    real_status = backends.available_backends
+    monkeypatch.setattr(
+        backends, "available_backends", lambda device=None: {**real_status(device), "cuda": None, "triton": "absent"}
+    )
+    monkeypatch.setattr(backends, "get_op", lambda op, name, device: broken)
+    settings = Settings(
+        config=quick_config(),
+        config_name="quick",
+        device=torch.device("cpu"),
+        subjects=["conv_mlp"],
+        modes=["inference"],
+        batch_sizes=(1,),
+        compile_skipped="off",
+        warmup=1,
+        repeats=1,
+        min_repeats=1,
+        budget_s=0.0,
+    )
+    result = run_benchmarks(settings, log=lambda message: None)
+    by_variant = {row.variant: row for row in result.rows}
+    assert by_variant["eager"].status == "ok"
+    assert by_variant["cuda"].status == "failed" and "kernel exploded" in by_variant["cuda"].reason
+    assert result.variants["triton"] is not None  # absent (or the interpreter, which is never measured)
+    assert "kernel exploded" in report.markdown_report(result)
+
+
+def test_time_limit_reports_the_cases_it_did_not_start():
+    settings = Settings(
+        config=quick_config(),
+        config_name="quick",
+        device=torch.device("cpu"),
+        subjects=["joint_token_attention", "model"],
+        modes=["inference"],
+        batch_sizes=(1,),
+        variants=("eager",),
+        time_limit_s=0.0,
+    )
+    result = run_benchmarks(settings, log=lambda message: None)
+    assert [row.subject for row in result.rows] == ["model", "joint_token_attention"]  # the model runs first
+    assert all(row.status == "skipped" and "time limit" in row.reason for row in result.rows)
+    assert "time limit of 0 s reached" in report.markdown_report(result)
+
+
+def test_compare_script_reads_the_json_rows(quick_run, capsys):
+    spec = importlib.util.spec_from_file_location("bench_compare", ROOT / "benchmarks" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    result = quick_run[2][".json"]
+    assert compare.main([str(result)]) == 0
+    ratios = capsys.readouterr().out
+    assert "| model | inference | 1 |" in ratios
+    assert compare.main([str(result), str(result), "--fail-on-regression"]) == 0  # a run against itself
+    assert "0 regression(s)" in capsys.readouterr().out
+
+
+def _row(variant: str, median: float, peak: float, mode: str = "train_step", batch: int = 8, subject: str = "model"):
+    return Row(subject, mode, batch, variant, variant, "ok", median_ms=median, peak_mib=peak)
+
+
+def test_ratios_and_targets_follow_the_definitions():
+    rows = [
+        _row("eager", 30.0, 900.0),
+        _row("compile", 20.0, 600.0),
+        _row("cuda", 10.0, 200.0),
+        _row("eager", 12.0, 50.0, "inference", 1),
+        _row("compile", 5.0, 50.0, "inference", 1),
+        _row("cuda", 4.0, 10.0, "inference", 1),
+    ]
+    add_ratios(rows)
+    fused = rows[2]
+    assert fused.vs_eager == pytest.approx(3.0) and fused.vs_compile == pytest.approx(2.0)
+    assert fused.mem_vs_eager == pytest.approx(200.0 / 900.0)
+    assert rows[0].vs_eager == pytest.approx(1.0) and rows[1].vs_eager == pytest.approx(1.5)
+    gpu = {(t.description, t.batch): t for t in evaluate_targets(rows, "cuda", {"triton": "absent", "cuda": None})}
+    assert gpu[("GPU training step >= 2x eager", 8)].met is True
+    assert gpu[("GPU training step >= 1.3x compile", 8)].met is True
+    assert gpu[("GPU inference >= 3x eager", 1)].met is True
+    assert gpu[("training-step peak memory, whole model <= 1/3 eager", 8)].met is True
+    frontend = gpu[("training-step peak memory, fused front end <= 1/3 eager", None)]
+    assert frontend.met is None and "not in this run" in frontend.note
+    cpu = {t.description: t for t in evaluate_targets(rows, "cpu", {"triton": "absent", "cuda": None})}
+    assert cpu["CPU inference, batch 1: fused >= 2x eager"].met is True  # 12 / 4 = 3
+    assert cpu["CPU inference, batch 1: fused faster than compile"].met is True  # 5 / 4 = 1.25
+    rows[5].median_ms = 7.0
+    add_ratios(rows)
+    cpu = {t.description: t for t in evaluate_targets(rows, "cpu", {"triton": "absent", "cuda": None})}
+    assert cpu["CPU inference, batch 1: fused >= 2x eager"].met is False  # 12 / 7 < 2
+    assert cpu["CPU inference, batch 1: fused faster than compile"].met is False
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_work_figures_match_the_flop_counter(op, batch):
+    config = quick_config()
+    inputs = op_inputs(op, config, batch, torch.device("cpu"))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        getattr(reference, op)(*inputs.tensors, **inputs.kwargs)
+    figures = work.op_work(op, config, batch)
+    assert figures.matmul_flops * batch == pytest.approx(counter.get_total_flops(), rel=1e-9)
+    flops, moved = figures.for_mode("train_step")
+    assert flops == pytest.approx(3 * figures.forward_flops) and moved > figures.forward_bytes > 0
+
+
+def test_model_flops_are_counted_per_clip():
+    config = quick_config()
+    one = work.count_model_flops(config)
+    assert one > sum(work.op_work(op, config, 1).matmul_flops for op in OPS)
+    assert work.model_work(config, 4, one).for_mode("inference")[0] == one
+
+
+def test_plan_runs_training_modes_at_the_largest_batch_only():
+    cases = plan_cases(["conv_mlp"], MODES, (4, 1))
+    assert Case("conv_mlp", "inference", 1) in cases and Case("conv_mlp", "inference", 4) in cases
+    assert {c.batch for c in cases if c.mode != "inference"} == {4}
+
+
+@pytest.mark.slow
+def test_pytest_benchmark_suites_run_and_measure(tmp_path):
+    """`pytest benchmarks/ --benchmark-only` on tiny shapes: it overrides pyproject's --benchmark-disable."""
+    env = {**os.environ, "AVFUSED_BENCH_QUICK": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)  # as a user runs it: the suite must not measure interpreted kernels
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "pytest", "benchmarks/", "--benchmark-only", "-q", "-p", "no:cacheprovider"]
+    command += [f"--benchmark-json={out}", "-k", "eager or cuda"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    measured = json.loads(out.read_text())["benchmarks"]
+    groups = {entry["group"] for entry in measured}
+    expected = {f"{c.subject} {c.mode} batch {c.batch}" for c in plan_cases(SUBJECTS, MODES, (1, 2))}
+    assert groups == expected
+    assert all(entry["stats"]["rounds"] >= 2 and entry["extra_info"]["flops_per_clip"] > 0 for entry in measured)
