@@ -1,0 +1,223 @@
+"""Checkpoints: one safetensors file holding the weights, the optimizer's tensors, the ModelConfig and the
+training state -- no pickle, so loading a stranger's checkpoint cannot run code.
+
+File layout (``*.safetensors``):
+    tensors   ``model.<name>``                 the model's state_dict (training-only probes included)
+              ``optimizer.<param>.<key>``     each tensor in the optimizer's per-parameter state
+              ``extra.<name>``                 other tensors (e.g. RNG states, uint8)
+    metadata  ``format``  "avfused-checkpoint", ``version`` "1",
+              ``config``  the ModelConfig as JSON,
+              ``state``   the training state as JSON (epoch, step, scheduler, data position, metrics ...),
+              ``optimizer`` the optimizer's param_groups and non-tensor state as JSON,
+              ``sha256``  digest of the header (less this field) and of every tensor byte.
+
+Writing goes to a temporary file in the same folder, fsync, then ``os.replace``: a crash leaves either
+the old checkpoint or the new one, never half of one. Loading checks the layout and the digest, so a
+truncated or edited file raises :class:`avfused.errors.CheckpointError` saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from avfused.config import ModelConfig
+from avfused.errors import CheckpointError, ConfigError
+
+FORMAT = "avfused-checkpoint"
+VERSION = "1"
+_MODEL, _OPTIM, _EXTRA = "model.", "optimizer.", "extra."
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds, loaded on the CPU."""
+
+    config: ModelConfig
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict | None = None
+    state: dict = field(default_factory=dict)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    path: str = ""
+
+
+# ---- optimizer state <-> flat tensors + JSON ------------------------------------------------
+def _split_optimizer(optimizer_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for param_id, entries in optimizer_state.get("state", {}).items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{_OPTIM}{param_id}.{key}"] = value
+            else:
+                scalars.setdefault(str(param_id), {})[key] = value
+    return tensors, {"param_groups": optimizer_state.get("param_groups", []), "scalars": scalars}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], described: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        param_id, key = name[len(_OPTIM) :].split(".", 1)
+        state.setdefault(int(param_id), {})[key] = value
+    for param_id, entries in described.get("scalars", {}).items():
+        state.setdefault(int(param_id), {}).update(entries)
+    groups = []
+    for group in described.get("param_groups", []):
+        # JSON turned tuples (betas) into lists; optimizers expect the tuples back
+        groups.append({k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in group.items()})
+    return {"state": state, "param_groups": groups}
+
+
+# ---- digest -----------------------------------------------------------------------------------
+def _parse(blob: bytes, path: object) -> tuple[dict, bytes]:
+    """(header dict, data section) of a safetensors byte string, checking that nothing is cut off."""
+    if len(blob) < 8:
+        raise CheckpointError(f"{path}: {len(blob)} bytes is too short to be a checkpoint (truncated or empty)")
+    (header_len,) = struct.unpack("<Q", blob[:8])
+    if header_len > len(blob) - 8:
+        raise CheckpointError(
+            f"{path}: header declares {header_len} bytes but the file has {len(blob) - 8} after it (truncated)"
+        )
+    try:
+        header = json.loads(blob[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: the header is not valid JSON ({exc}); not an avfused checkpoint") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the header is not a JSON object; not an avfused checkpoint")
+    data = blob[8 + header_len :]
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    needed = max(ends, default=0)
+    if needed != len(data):
+        raise CheckpointError(
+            f"{path}: the tensors need {needed} bytes of data but the file holds {len(data)} "
+            f"({'truncated' if len(data) < needed else 'extra bytes appended'})"
+        )
+    return header, data
+
+
+def _digest(header: dict, data: bytes) -> str:
+    header = dict(header)
+    metadata = dict(header.get("__metadata__") or {})
+    metadata.pop("sha256", None)
+    header["__metadata__"] = metadata
+    h = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+    h.update(data)
+    return h.hexdigest()
+
+
+# ---- save / load --------------------------------------------------------------------------------
+def _cpu_tensors(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # clone: safetensors refuses tensors that share memory (views, tied weights)
+    return {prefix + name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+
+
+def atomic_write_bytes(path: str | os.PathLike, blob: bytes) -> None:
+    """Write ``blob`` to ``path`` via a temporary file and os.replace (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    config: ModelConfig,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict | None = None,
+    state: dict | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write a checkpoint atomically. ``state`` must be JSON-serialisable (plain numbers, strings, lists)."""
+    tensors = _cpu_tensors(_MODEL, model_state)
+    metadata = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": json.dumps(config.to_dict()),
+        "state": json.dumps(state or {}),
+    }
+    if optimizer_state is not None:
+        optim_tensors, described = _split_optimizer(optimizer_state)
+        tensors.update(_cpu_tensors("", optim_tensors))
+        metadata["optimizer"] = json.dumps(described)
+    tensors.update(_cpu_tensors(_EXTRA, extra or {}))
+    first = save_tensors(tensors, metadata=metadata)
+    header, data = _parse(first, path)
+    metadata["sha256"] = _digest(header, data)
+    atomic_write_bytes(path, save_tensors(tensors, metadata=metadata))
+
+
+def _metadata_json(metadata: dict, key: str, path: object) -> object:
+    try:
+        return json.loads(metadata[key])
+    except KeyError:
+        raise CheckpointError(f"{path}: the metadata has no {key!r} entry; not a complete avfused checkpoint") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({exc})") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and verify a checkpoint; raises CheckpointError when it is missing, truncated or altered."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file" + (" (it is a folder)" if path.is_dir() else ""))
+    blob = path.read_bytes()
+    header, data = _parse(blob, path)
+    metadata = header.get("__metadata__") or {}
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
+    if metadata.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {metadata.get('version')!r}; this avfused reads {VERSION!r}")
+    if metadata.get("sha256") != _digest(header, data):
+        raise CheckpointError(f"{path}: the checksum does not match: the file was modified or corrupted after saving")
+    try:
+        tensors = load_tensors(blob)
+    except Exception as exc:  # safetensors raises its own error type for a malformed layout
+        raise CheckpointError(f"{path}: cannot read the tensors ({exc})") from None
+    try:
+        config = ModelConfig.from_dict(_metadata_json(metadata, "config", path))
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path}: the stored ModelConfig is invalid ({exc})") from None
+    model = {k[len(_MODEL) :]: v for k, v in tensors.items() if k.startswith(_MODEL)}
+    extra = {k[len(_EXTRA) :]: v for k, v in tensors.items() if k.startswith(_EXTRA)}
+    optimizer = None
+    if "optimizer" in metadata:
+        optim_tensors = {k: v for k, v in tensors.items() if k.startswith(_OPTIM)}
+        optimizer = _join_optimizer(optim_tensors, _metadata_json(metadata, "optimizer", path))
+    state = _metadata_json(metadata, "state", path)
+    return Checkpoint(config, model, optimizer, state, extra, str(path))
+
+
+def load_model(path: str | os.PathLike, backend: str = "auto", device: str | torch.device = "cpu"):
+    """The SingleStreamNet of a checkpoint, in eval mode on ``device``."""
+    from avfused.model import SingleStreamNet
+
+    checkpoint = load_checkpoint(path)
+    model = SingleStreamNet(checkpoint.config, backend=backend)
+    missing = set(model.state_dict()) ^ set(checkpoint.model_state)
+    if missing:
+        raise CheckpointError(f"{path}: weights do not match the stored config: {sorted(missing)[:5]} ...")
+    model.load_state_dict(checkpoint.model_state)
+    return model.to(device).eval()

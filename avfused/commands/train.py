@@ -1,0 +1,217 @@
+"""``avfused train``: train a detector; with no --data, on the built-in synthetic benchmark.
+
+avfused train --out runs/demo                                  synthesise data, train the demo preset
+avfused train --out runs/x --data ROOT --dataset fakeavceleb   a real layout (or a prepared cache)
+torchrun --nproc_per_node=N -m avfused train ...               N processes, DDP (NCCL / gloo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from avfused.training.augment import AugmentConfig
+from avfused.training.loop import LAST, TrainConfig
+
+HELP = "train a detector (on the built-in synthetic benchmark when no --data is given)"
+log = logging.getLogger("avfused")
+
+# the built-in benchmark the demo trains on (see avfused.data.synthetic.generate)
+SYNTH_DEFAULTS = {"identities": 32, "clips_per_identity": 8}
+# Recipe defaults, and the demo's (no --data): a few hundred steps on 100 clips instead of the
+# paper's many epochs, so a shorter schedule with a larger step (measured in the README).
+RECIPE = {"epochs": 50, "batch_size": 16, "lr": 5e-4}
+DEMO = {"epochs": 14, "batch_size": 8, "lr": 2e-3}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--out", default="runs/train", help="folder for checkpoints, logs and metrics")
+    data.add_argument(
+        "--data", default=None, help="dataset root or `avfused prepare` cache; none: synthesise <out>/synthetic"
+    )
+    data.add_argument(
+        "--dataset",
+        default=None,
+        help="layout of --data: fakeavceleb when not given; synthetic, dfdc, dftimit, lavdf, avdeepfake1m",
+    )
+    data.add_argument(
+        "--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
+        help="shares of identities per split, where the data does not fix its own split",
+    )  # fmt: skip
+    data.add_argument("--split-seed", type=int, default=0, help="seed of the identity split")
+    data.add_argument(
+        "--train-methods", nargs="+", default=None, metavar="METHOD",
+        help="train on real clips and these manipulation methods only (cross-manipulation protocol)",
+    )  # fmt: skip
+    data.add_argument("--faces", default="none", help="face crops: none (centre square), auto, haar, skin")
+    data.add_argument(
+        "--in-memory", choices=["auto", "yes", "no"], default="auto",
+        help="decode every clip once up front (auto: when it fits in 3 GiB)",
+    )  # fmt: skip
+    data.add_argument("--workers", type=int, default=0, help="data-loading processes (0: in the main process)")
+    data.add_argument(
+        "--synth-identities", type=int, default=SYNTH_DEFAULTS["identities"], help="synthetic benchmark: people"
+    )
+    data.add_argument(
+        "--synth-clips", type=int, default=SYNTH_DEFAULTS["clips_per_identity"], help="synthetic: videos per person"
+    )
+
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--preset", choices=["small", "large", "demo"], default=None,
+        help="model preset (default: demo on the synthetic data, small otherwise)",
+    )  # fmt: skip
+    model.add_argument(
+        "--model-config", default=None, metavar="JSON",
+        help="a JSON file of ModelConfig fields (e.g. {\"image_size\": 128}) applied over the preset",
+    )  # fmt: skip
+    model.add_argument("--backend", default="auto", help="kernels: auto, torch, triton, cuda")
+    model.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
+
+    recipe = parser.add_argument_group("recipe (DESIGN.md section 1)")
+    recipe.add_argument(
+        "--epochs", type=int, default=None, help=f"epochs (default: {RECIPE['epochs']}; demo {DEMO['epochs']})"
+    )
+    recipe.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: no cap)")
+    recipe.add_argument(
+        "--batch-size", type=int, default=None,
+        help=f"global batch, split over the processes (default: {RECIPE['batch_size']}; demo {DEMO['batch_size']})",
+    )  # fmt: skip
+    recipe.add_argument(
+        "--lr", type=float, default=None, help=f"AdamW peak learning rate (default: {RECIPE['lr']}; demo {DEMO['lr']})"
+    )
+    recipe.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    recipe.add_argument("--warmup", type=float, default=0.1, help="share of the steps spent in linear warm-up")
+    recipe.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of every CE")
+    recipe.add_argument("--mismatch-weight", type=float, default=0.25, help="weight of the mismatched-pair loss")
+    recipe.add_argument("--probe-weight", type=float, default=1.0, help="weight of the statistics probes' loss")
+    recipe.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (0: off)")
+    recipe.add_argument("--no-augment", action="store_true", help="switch off JPEG, time stretch and flips")
+    recipe.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto", help="bf16 autocast (auto: GPUs)")
+    recipe.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation")
+
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+        help="continue from CKPT (no value: <out>/last.safetensors)",
+    )  # fmt: skip
+    run.add_argument("--save-every", type=int, default=0, help="also write last.safetensors every N steps")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for torch (0: one per idle core, from the load average)"
+    )
+
+
+def _synthesise(args: argparse.Namespace, out: Path) -> Path:
+    """Write the synthetic benchmark into <out>/synthetic unless one with the same settings is there."""
+    from avfused.data.synthetic import generate
+
+    folder = out / "synthetic"
+    wanted = {"num_identities": args.synth_identities, "clips_per_identity": args.synth_clips, "seed": args.seed}
+    info = folder / "synthetic.json"
+    if info.is_file():
+        have = json.loads(info.read_text())
+        if all(have.get(k) == v for k, v in wanted.items()) and (folder / "meta_data.csv").is_file():
+            log.info("using the synthetic benchmark already in %s", folder)
+            return folder
+    log.info("writing the synthetic benchmark to %s", folder)
+    summary = generate(
+        folder,
+        num_identities=args.synth_identities,
+        clips_per_identity=args.synth_clips,
+        seed=args.seed,
+        workers=min(2, os.cpu_count() or 1),
+        overwrite=True,
+        progress=not args.no_progress,
+    )
+    log.info("synthesised %d clips in %.1f s", summary.clips, summary.seconds_taken)
+    return folder
+
+
+def run(args: argparse.Namespace) -> int:
+    from avfused.errors import AvfusedError
+
+    try:
+        return _run(args)
+    except AvfusedError as error:  # a named, explained error: one line, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from avfused.config import ModelConfig
+    from avfused.data.decode import ClipSpec
+    from avfused.training.data import DataSource, split_datasets
+    from avfused.training.distributed import Context
+    from avfused.training.loop import Trainer
+    from avfused.training.threads import set_threads
+
+    set_threads(args.threads)
+    context = Context.from_environment(None if args.device == "auto" else args.device)
+    if not context.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    out = Path(args.out)
+    synthetic = args.data is None
+    if synthetic:
+        if context.is_main:
+            _synthesise(args, out)
+        context.barrier()
+        data_path, dataset = str(out / "synthetic"), "synthetic"
+    else:
+        data_path, dataset = args.data, args.dataset or "fakeavceleb"
+    overrides = json.loads(Path(args.model_config).read_text()) if args.model_config else {}
+    config = ModelConfig.preset(args.preset or ("demo" if synthetic else "small"), **overrides)
+    defaults = DEMO if synthetic else RECIPE
+    train_config = TrainConfig(
+        epochs=args.epochs if args.epochs is not None else defaults["epochs"],
+        batch_size=args.batch_size or defaults["batch_size"],
+        lr=args.lr or defaults["lr"],
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        label_smoothing=args.label_smoothing,
+        mismatch_weight=args.mismatch_weight,
+        probe_weight=args.probe_weight,
+        grad_clip=args.grad_clip,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        amp=args.amp,
+        workers=args.workers,
+        save_every=args.save_every,
+        progress=not args.no_progress,
+        augment=AugmentConfig.off() if args.no_augment else AugmentConfig(),
+    )
+    # an absolute path, so `avfused eval CKPT` finds the data from any folder
+    source = DataSource(str(Path(data_path).resolve()), dataset, args.split_seed, tuple(args.split))
+    spec = ClipSpec.from_config(config, faces=args.faces)
+    datasets = split_datasets(
+        source,
+        spec,
+        ("train", "val"),
+        {"train": args.train_methods, "val": args.train_methods},
+        args.in_memory,
+        args.workers,
+        not args.no_progress and context.is_main,
+    )
+    log.info("data: %s (%s): %d train, %d val clips", data_path, dataset, len(datasets["train"]), len(datasets["val"]))
+    data_info = {**source.to_dict(), "faces": args.faces, "train_methods": args.train_methods}
+    trainer = Trainer(config, train_config, datasets["train"], datasets["val"], out, args.backend, context, data_info)
+    resume = None
+    if args.resume is not None:
+        resume = out / LAST if args.resume == "auto" else Path(args.resume)
+    try:
+        summary = trainer.fit(resume=resume)
+    finally:
+        context.close()
+    if context.is_main:
+        best = summary["best"]
+        row = next((r for r in summary["history"] if r["epoch"] == best.get("epoch")), {})
+        auc = row.get("val_clip_auc")
+        shown = f"val clip AUC {auc:.4f}" if auc is not None else f"train loss {row.get('loss', float('nan')):.4f}"
+        print(f"done: {summary['steps']} steps; best epoch {best.get('epoch')} ({shown})")
+        print(f"checkpoints: {out / 'best.safetensors'}  {out / LAST}; log: {out / 'metrics.csv'}")
+    return 0

@@ -1,0 +1,214 @@
+"""Evaluation: fake scores of every clip, pooled per video, and the metrics of each head per group.
+
+    predict(model, dataset)    -> Predictions: per clip the labels, category, method, path and the fake
+                                  probability of the clip / visual / audio heads (arrays of length N)
+    video_level(predictions)   -> the same with one row per video (the mean of its windows' scores)
+    report(predictions)        -> {"overall": {head: metrics}, "category": {name: {head: metrics}},
+                                  "method": {name: {head: metrics}}}
+
+Metrics (avfused.metrics): ACC at the fixed threshold 0.5 (never tuned on the test set), AUC, EER, AP.
+Each head is scored against its own label: the clip head against the clip label, the visual head against
+the visual label, the audio head against the audio label (rows with an unknown label, -1, are left out).
+A fake category or method is scored as its fakes together with all real videos, so AUC is defined for it;
+the real group alone has only an accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from avfused import metrics
+from avfused.data.datasets import collate_clips
+
+HEADS = ("clip", "visual", "audio")
+LABEL_OF_HEAD = {"clip": "label", "visual": "visual_label", "audio": "audio_label"}
+METRIC_NAMES = ("acc", "auc", "eer", "ap")
+
+
+@dataclass
+class Predictions:
+    """Column arrays, one row per clip (or per video after video_level)."""
+
+    path: list[str] = field(default_factory=list)
+    category: list[str] = field(default_factory=list)
+    method: list[str] = field(default_factory=list)
+    label: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    visual_label: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    audio_label: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+    def subset(self, rows: np.ndarray) -> Predictions:
+        rows = np.asarray(rows, dtype=np.int64)
+        return Predictions(
+            [self.path[i] for i in rows],
+            [self.category[i] for i in rows],
+            [self.method[i] for i in rows],
+            self.label[rows],
+            self.visual_label[rows],
+            self.audio_label[rows],
+            {head: values[rows] for head, values in self.scores.items()},
+        )
+
+    def to_rows(self) -> list[dict]:
+        return [
+            {
+                "path": self.path[i],
+                "category": self.category[i],
+                "method": self.method[i],
+                "label": int(self.label[i]),
+                "visual_label": int(self.visual_label[i]),
+                "audio_label": int(self.audio_label[i]),
+                **{head: float(self.scores[head][i]) for head in HEADS},
+            }
+            for i in range(len(self))
+        ]
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on the device when ``amp``; a no-op context otherwise."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    workers: int = 0,
+    progress: bool = True,
+) -> Predictions:
+    """Fake probabilities of every clip of ``dataset`` (items as avfused.data.datasets.ClipDataset's)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips)
+    out = Predictions()
+    labels: dict[str, list] = {"label": [], "visual_label": [], "audio_label": []}
+    scores: dict[str, list] = {head: [] for head in HEADS}
+    try:
+        for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+            if "video" not in batch:
+                continue
+            dtype = next(model.parameters()).dtype
+            video, audio = batch["video"].to(device, dtype), batch["audio"].to(device, dtype)
+            with autocast(device, amp):
+                probabilities = model(video, audio).probabilities()
+            for head in HEADS:
+                scores[head].append(getattr(probabilities, head).float().cpu().numpy())
+            for key in labels:
+                labels[key].append(batch[key].numpy())
+            out.path += batch["path"]
+            out.category += batch["category"]
+            out.method += batch["method"]
+    finally:
+        model.train(was_training)
+    join = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    out.label, out.visual_label, out.audio_label = (join(labels[k], np.int64) for k in labels)
+    out.scores = {head: join(scores[head], np.float64) for head in HEADS}
+    return out
+
+
+def video_level(predictions: Predictions) -> Predictions:
+    """One row per video path: the mean score of its clips; labels are the video's (any fake window)."""
+    groups: dict[str, list[int]] = {}
+    for i, path in enumerate(predictions.path):
+        groups.setdefault(path, []).append(i)
+    if all(len(rows) == 1 for rows in groups.values()):
+        return predictions
+    first = np.array([rows[0] for rows in groups.values()])
+    out = predictions.subset(first)
+    for key in ("label", "visual_label", "audio_label"):
+        values = getattr(predictions, key)
+        setattr(out, key, np.array([values[rows].max() for rows in groups.values()], dtype=np.int64))
+    out.scores = {h: np.array([v[rows].mean() for rows in groups.values()]) for h, v in predictions.scores.items()}
+    return out
+
+
+def _head_metrics(predictions: Predictions, head: str, threshold: float) -> dict:
+    labels = getattr(predictions, LABEL_OF_HEAD[head])
+    known = labels >= 0
+    return metrics.summarize(labels[known], predictions.scores[head][known], threshold)
+
+
+def _group_report(predictions: Predictions, key: str, threshold: float) -> dict:
+    values = np.array(getattr(predictions, key), dtype=object)
+    real = predictions.label == 0
+    groups = {}
+    for name in sorted(set(values[~real].tolist())):
+        rows = np.nonzero(real | ((values == name) & ~real))[0]
+        groups[name] = {head: _head_metrics(predictions.subset(rows), head, threshold) for head in HEADS}
+    if real.any():
+        rows = np.nonzero(real)[0]
+        groups["real"] = {head: _head_metrics(predictions.subset(rows), head, threshold) for head in HEADS}
+    return groups
+
+
+def report(predictions: Predictions, threshold: float = metrics.DEFAULT_THRESHOLD) -> dict:
+    """Metrics of each head overall, per category and per method (see the module docstring)."""
+    return {
+        "threshold": threshold,
+        "videos": len(predictions),
+        "overall": {head: _head_metrics(predictions, head, threshold) for head in HEADS},
+        "category": _group_report(predictions, "category", threshold),
+        "method": _group_report(predictions, "method", threshold),
+    }
+
+
+def _cell(value: float) -> str:
+    return "   -  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:6.4f}"
+
+
+def format_table(result: dict, heads: Sequence[str] = HEADS) -> str:
+    """A plain-text table: one row per (group, head), columns n / real / fake / ACC / AUC / EER / AP."""
+    lines = [f"{'group':<22s} {'head':<7s} {'n':>6s} {'real':>6s} {'fake':>6s}   ACC     AUC     EER     AP"]
+    lines.append("-" * len(lines[0]))
+
+    def add(group: str, per_head: dict) -> None:
+        for head in heads:
+            m = per_head[head]
+            cells = " ".join(_cell(m[k]) for k in METRIC_NAMES)
+            lines.append(f"{group[:22]:<22s} {head:<7s} {m['n']:>6d} {m['real']:>6d} {m['fake']:>6d}  {cells}")
+
+    add("all", result["overall"])
+    for kind in ("category", "method"):
+        for name, per_head in result[kind].items():
+            if kind == "method" and name == "real":
+                continue  # already listed as a category
+            add(f"{kind} {name}", per_head)
+    return "\n".join(lines)
+
+
+def save_roc_plot(predictions: Predictions, path: str, title: str = "ROC") -> None:
+    """A PNG with the ROC curve of each head (matplotlib, imported only here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 5))
+    for head in HEADS:
+        labels = getattr(predictions, LABEL_OF_HEAD[head])
+        known = labels >= 0
+        y, s = labels[known], predictions.scores[head][known]
+        if not (0 < y.sum() < y.size):
+            continue
+        fpr, tpr, _ = metrics.roc_curve(y, s)
+        axes.plot(fpr, tpr, label=f"{head} (AUC {metrics.roc_auc(y, s):.3f})")
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    axes.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
