@@ -99,3 +99,12 @@ class MetadataError(DataError, ValueError):
 
 class CacheError(DataError, ValueError):
     """A prepared clip cache is missing files, was written with other settings, or is corrupt."""
+
+
+# --- evaluation protocols -------------------------------------------------------------------
+class SplitNamesMissingError(DataError, ValueError):
+    """A split file names files that the dataset does not hold (another dataset, or files removed)."""
+
+
+class SplitMismatchError(DataError, ValueError):
+    """A split file is not the one a checkpoint was trained with: its folds may test on training identities."""

@@ -2,9 +2,11 @@
 
     predict(model, dataset)    -> Predictions: per clip the labels, category, method, path and the fake
                                   probability of the clip / visual / audio heads (arrays of length N)
+    predict_silence(dataset)   -> the silence baseline's Predictions (clip head only, see SILENCE_HALF_SECONDS)
     video_level(predictions)   -> the same with one row per video (the mean of its windows' scores)
     report(predictions)        -> {"overall": {head: metrics}, "category": {name: {head: metrics}},
-                                  "method": {name: {head: metrics}}}
+                                  "method": {name: {head: metrics}}} (``heads``: which; a baseline has
+                                  only a "clip" score)
 
 Metrics (avfused.metrics): ACC at the fixed threshold 0.5 (never tuned on the test set), AUC, EER, AP.
 Each head is scored against its own label: the clip head against the clip label, the visual head against
@@ -16,7 +18,7 @@ the real group alone has only an accuracy.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from avfused import metrics
 from avfused.data.datasets import collate_clips
+from avfused.protocols import silence_scores
 
 HEADS = ("clip", "visual", "audio")
 LABEL_OF_HEAD = {"clip": "label", "visual": "visual_label", "audio": "audio_label"}
@@ -68,7 +71,7 @@ class Predictions:
                 "label": int(self.label[i]),
                 "visual_label": int(self.visual_label[i]),
                 "audio_label": int(self.audio_label[i]),
-                **{head: float(self.scores[head][i]) for head in HEADS},
+                **{head: float(values[i]) for head, values in self.scores.items()},
             }
             for i in range(len(self))
         ]
@@ -77,6 +80,35 @@ class Predictions:
 def autocast(device: torch.device, amp: bool):
     """bf16 autocast on the device when ``amp``; a no-op context otherwise."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+
+
+def _scored(
+    dataset: Dataset,
+    heads: Sequence[str],
+    score_batch: Callable[[dict], dict[str, np.ndarray]],
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> Predictions:
+    """Predictions of every clip of ``dataset``: ``score_batch(batch)`` gives each head's (B,) scores."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips)
+    out = Predictions()
+    labels: dict[str, list] = {"label": [], "visual_label": [], "audio_label": []}
+    scores: dict[str, list] = {head: [] for head in heads}
+    for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+        if "video" not in batch:
+            continue
+        for head, values in score_batch(batch).items():
+            scores[head].append(values)
+        for key in labels:
+            labels[key].append(batch[key].numpy())
+        out.path += batch["path"]
+        out.category += batch["category"]
+        out.method += batch["method"]
+    join = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    out.label, out.visual_label, out.audio_label = (join(labels[k], np.int64) for k in labels)
+    out.scores = {head: join(scores[head], np.float64) for head in heads}
+    return out
 
 
 @torch.no_grad()
@@ -91,33 +123,37 @@ def predict(
 ) -> Predictions:
     """Fake probabilities of every clip of ``dataset`` (items as avfused.data.datasets.ClipDataset's)."""
     device = torch.device(device)
+    dtype = next(model.parameters()).dtype
+
+    def score(batch: dict) -> dict[str, np.ndarray]:
+        video, audio = batch["video"].to(device, dtype), batch["audio"].to(device, dtype)
+        with autocast(device, amp):
+            probabilities = model(video, audio).probabilities()
+        return {head: getattr(probabilities, head).float().cpu().numpy() for head in HEADS}
+
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips)
-    out = Predictions()
-    labels: dict[str, list] = {"label": [], "visual_label": [], "audio_label": []}
-    scores: dict[str, list] = {head: [] for head in HEADS}
     try:
-        for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
-            if "video" not in batch:
-                continue
-            dtype = next(model.parameters()).dtype
-            video, audio = batch["video"].to(device, dtype), batch["audio"].to(device, dtype)
-            with autocast(device, amp):
-                probabilities = model(video, audio).probabilities()
-            for head in HEADS:
-                scores[head].append(getattr(probabilities, head).float().cpu().numpy())
-            for key in labels:
-                labels[key].append(batch[key].numpy())
-            out.path += batch["path"]
-            out.category += batch["category"]
-            out.method += batch["method"]
+        return _scored(dataset, HEADS, score, batch_size, workers, progress)
     finally:
         model.train(was_training)
-    join = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
-    out.label, out.visual_label, out.audio_label = (join(labels[k], np.int64) for k in labels)
-    out.scores = {head: join(scores[head], np.float64) for head in HEADS}
-    return out
+
+
+# the silence baseline's probability: s / (s + SILENCE_HALF_SECONDS) for s seconds of leading silence, so
+# the fixed threshold 0.5 means 0.1 s; a monotone map, so AUC, EER and AP are those of the seconds
+SILENCE_HALF_SECONDS = 0.1
+
+
+def predict_silence(
+    dataset: Dataset, sample_rate: int, batch_size: int = 32, workers: int = 0, progress: bool = True
+) -> Predictions:
+    """The silence baseline: a clip's fake probability from its leading silence alone (a "clip" head only)."""
+
+    def score(batch: dict) -> dict[str, np.ndarray]:
+        seconds = silence_scores(batch["audio"], sample_rate)
+        return {"clip": seconds / (seconds + SILENCE_HALF_SECONDS)}
+
+    return _scored(dataset, ("clip",), score, batch_size, workers, progress)
 
 
 def video_level(predictions: Predictions) -> Predictions:
@@ -142,27 +178,29 @@ def _head_metrics(predictions: Predictions, head: str, threshold: float) -> dict
     return metrics.summarize(labels[known], predictions.scores[head][known], threshold)
 
 
-def _group_report(predictions: Predictions, key: str, threshold: float) -> dict:
+def _group_report(predictions: Predictions, key: str, threshold: float, heads: Sequence[str]) -> dict:
     values = np.array(getattr(predictions, key), dtype=object)
     real = predictions.label == 0
     groups = {}
     for name in sorted(set(values[~real].tolist())):
         rows = np.nonzero(real | ((values == name) & ~real))[0]
-        groups[name] = {head: _head_metrics(predictions.subset(rows), head, threshold) for head in HEADS}
+        groups[name] = {head: _head_metrics(predictions.subset(rows), head, threshold) for head in heads}
     if real.any():
         rows = np.nonzero(real)[0]
-        groups["real"] = {head: _head_metrics(predictions.subset(rows), head, threshold) for head in HEADS}
+        groups["real"] = {head: _head_metrics(predictions.subset(rows), head, threshold) for head in heads}
     return groups
 
 
-def report(predictions: Predictions, threshold: float = metrics.DEFAULT_THRESHOLD) -> dict:
+def report(
+    predictions: Predictions, threshold: float = metrics.DEFAULT_THRESHOLD, heads: Sequence[str] = HEADS
+) -> dict:
     """Metrics of each head overall, per category and per method (see the module docstring)."""
     return {
         "threshold": threshold,
         "videos": len(predictions),
-        "overall": {head: _head_metrics(predictions, head, threshold) for head in HEADS},
-        "category": _group_report(predictions, "category", threshold),
-        "method": _group_report(predictions, "method", threshold),
+        "overall": {head: _head_metrics(predictions, head, threshold) for head in heads},
+        "category": _group_report(predictions, "category", threshold, heads),
+        "method": _group_report(predictions, "method", threshold, heads),
     }
 
 
@@ -198,7 +236,7 @@ def save_roc_plot(predictions: Predictions, path: str, title: str = "ROC") -> No
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(5, 5))
-    for head in HEADS:
+    for head in predictions.scores:
         labels = getattr(predictions, LABEL_OF_HEAD[head])
         known = labels >= 0
         y, s = labels[known], predictions.scores[head][known]

@@ -1,10 +1,19 @@
-"""``avfused eval CKPT``: ACC / AUC / EER / AP of each head, overall, per category and per method.
+"""``avfused eval CKPT...``: ACC / AUC / EER / AP of each head, overall, per category and per method.
 
-The data defaults to what the checkpoint was trained on (its test split); ``--data`` / ``--dataset``
-evaluate elsewhere. ``--test-methods`` keeps the real videos and the fakes of those methods only
-(cross-manipulation: train with ``--train-methods A B``, test on unseen ``--test-methods C``).
-Writes a table to the terminal, ``<out>/eval-<split>.json`` (metrics and per-video scores) and
-``<out>/roc-<split>.png``.
+The data defaults to what the checkpoint was trained on: its data, its split file and fold (or identity
+fractions), its silence-cue option; ``--subset`` picks train / val / test (default) / all of it. A split
+file (``--split``) other than the one the checkpoint was trained on is refused (``--allow-other-split``).
+``--test-methods`` keeps the real videos and the fakes of those methods only (cross-manipulation: train
+with ``--train-methods A B``, test on unseen ``--test-methods C``).
+Writes a table to the terminal, ``<out>/eval-<subset>.json`` (metrics and per-video scores) and
+``<out>/roc-<subset>.png``; ``<out>`` defaults to the checkpoint's folder.
+
+Several checkpoints (one per fold of a split file): each is scored on its own fold, then a table of the
+mean ± std over the folds; ``<out>/eval-folds-<subset>.json`` (default: the checkpoints' common folder)
+holds every fold's result and the aggregate.
+
+``--baseline silence`` (no checkpoint): each video scored by its leading silence alone (see
+avfused.evaluate.predict_silence), to show how much a dataset leaks; writes ``<out>/baseline-silence-<subset>.json``.
 """
 
 from __future__ import annotations
@@ -12,25 +21,54 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-HELP = "evaluate a checkpoint: ACC, AUC, EER, AP per head, category and method; JSON and a ROC plot"
+from avfused.training.data import SILENCE_CUE_MODES
+
+HELP = "evaluate checkpoints (mean ± std over folds) or the silence baseline: ACC, AUC, EER, AP per head and group"
 log = logging.getLogger("avfused")
+SUBSETS = ("train", "val", "test", "all")
+# the baseline decodes one small frame per video: only the audio counts
+BASELINE_FRAMES, BASELINE_IMAGE_SIZE = 1, 32
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="checkpoint file (best.safetensors / last.safetensors)")
+    parser.add_argument(
+        "checkpoints", nargs="*", metavar="CKPT",
+        help="checkpoint file(s) (best.safetensors / last.safetensors); several: one per fold, then mean ± std",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline", choices=["silence"], default=None,
+        help="no checkpoint: score each video by its leading silence alone (needs --data)",
+    )  # fmt: skip
     parser.add_argument("--data", default=None, help="dataset root or prepared cache (default: the training data)")
     parser.add_argument("--dataset", default=None, help="layout of --data (default: the checkpoint's, or fakeavceleb)")
     parser.add_argument(
-        "--split", default="test", choices=["train", "val", "test", "all"], help="which split of the data to score"
+        "--split", default=None, metavar="FILE",
+        help="a split file of `avfused splits` (default: the one the checkpoint was trained on, if any)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fold", default=None, help="fold of the split file (default: the checkpoint's; the baseline: the first)"
     )
+    parser.add_argument(
+        "--allow-other-split", action="store_true",
+        help="evaluate on a split file other than the one the checkpoint was trained on (test files may be seen)",
+    )  # fmt: skip
+    parser.add_argument("--subset", default="test", choices=SUBSETS, help="which part of the data to score")
     parser.add_argument(
         "--split-fractions", type=float, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
         help="identity shares per split where the data fixes none (default: the checkpoint's)",
     )  # fmt: skip
     parser.add_argument("--split-seed", type=int, default=None, help="identity split seed (default: the checkpoint's)")
+    parser.add_argument(
+        "--silence-cue", choices=SILENCE_CUE_MODES, default=None,
+        help="remove the leading-silence cue: trim, or trim + random 0-0.5 s per file (default: as in training)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--clip-seconds", type=float, default=3.0, help="baseline: seconds decoded from the start of each video"
+    )
     parser.add_argument(
         "--test-methods", nargs="+", default=None, metavar="METHOD",
         help="score real videos and the fakes of these methods only (cross-manipulation protocol)",
@@ -46,7 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", help="kernels: auto, torch, triton, cuda")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
     parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto", help="bf16 autocast (auto: GPUs)")
-    parser.add_argument("--out", default=None, help="folder for the JSON and the ROC PNG (default: the checkpoint's)")
+    parser.add_argument(
+        "--out", default=None,
+        help="folder for the JSON and the ROC PNG (default: the checkpoint's; several: the folds' JSON, default "
+        "their common folder; baseline: runs/baseline)",
+    )  # fmt: skip
     parser.add_argument("--no-plot", action="store_true", help="do not write the ROC PNG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -65,71 +107,205 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
-    from avfused.checkpoint import load_checkpoint, load_model
-    from avfused.data.decode import ClipSpec
     from avfused.errors import ConfigError
-    from avfused.evaluate import format_table, predict, report, save_roc_plot, video_level
-    from avfused.training.data import DataSource, split_datasets
     from avfused.training.threads import set_threads
 
     set_threads(args.threads)
-    checkpoint = load_checkpoint(args.checkpoint)
-    trained_on = checkpoint.state.get("data") or {}
+    if args.baseline:
+        if args.checkpoints:
+            raise ConfigError("--baseline scores without a checkpoint; give checkpoints or --baseline, not both")
+        return _run_baseline(args)
+    if not args.checkpoints:
+        raise ConfigError("give a checkpoint to evaluate, or --baseline silence --data ROOT")
+    if args.fold is not None and len(args.checkpoints) > 1:
+        raise ConfigError("--fold is for one checkpoint; several are each scored on the fold they were trained on")
+    device, amp = _device(args)
+    several = len(args.checkpoints) > 1
+    results = []
+    for path in args.checkpoints:
+        out = Path(path).parent if several or not args.out else Path(args.out)
+        results.append(_evaluate_checkpoint(path, args, device, amp, out))
+    if several:
+        _report_folds(results, args)
+    return 0
+
+
+def _device(args: argparse.Namespace):
+    import torch
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    return device, args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
+
+
+def _subsets(subset: str) -> tuple[str, ...]:
+    return ("train", "val", "test") if subset == "all" else (subset,)
+
+
+def _check_same_split(source, trained_on: dict, checkpoint: str, allow: bool) -> None:
+    """Refuse a split file other than the checkpoint's: its test folds may hold the training identities."""
+    from avfused.errors import SplitMismatchError
+
+    recorded = trained_on.get("split_sha256")
+    if allow or source.split_sha256 == recorded:
+        return
+    trained = f"{trained_on.get('split_file')} (sha256 {recorded})" if recorded else "identity fractions, no split file"
+    raise SplitMismatchError(
+        source.split_file,
+        f"sha256 {source.split_sha256} is not the split {checkpoint} was trained on: {trained}; its test files "
+        "may be training files (--allow-other-split evaluates anyway)",
+    )
+
+
+def _checkpoint_source(checkpoint: str, trained_on: dict, args: argparse.Namespace):
+    """The data to score: --data / --split ... where given, else what the checkpoint was trained on."""
+    from avfused.errors import ConfigError
+    from avfused.training.data import DataSource, fold_source
+
     data_path = args.data or trained_on.get("path")
     if data_path is None:
-        raise ConfigError(f"{args.checkpoint} does not record its training data; pass --data PATH --dataset NAME")
+        raise ConfigError(f"{checkpoint} does not record its training data; pass --data PATH --dataset NAME")
     same_data = data_path == trained_on.get("path")
     dataset = args.dataset or (trained_on.get("dataset") if same_data else None) or "fakeavceleb"
-    fractions = tuple(args.split_fractions or trained_on.get("fractions") or (0.7, 0.15, 0.15))
     seed = args.split_seed if args.split_seed is not None else trained_on.get("split_seed", 0)
+    split_file = args.split or trained_on.get("split_file")
+    if split_file is None:
+        fractions = tuple(args.split_fractions or trained_on.get("fractions") or (0.7, 0.15, 0.15))
+        return DataSource(data_path, dataset, seed, fractions)
+    source = fold_source(data_path, dataset, seed, split_file, args.fold or trained_on.get("fold"))
+    _check_same_split(source, trained_on, checkpoint, args.allow_other_split)
+    return source
+
+
+def _describe(source, subset: str, silence_cue: str) -> str:
+    """The lines above a table: which data, which split (its sha256), which silence-cue option."""
+    where = f"subset {subset} of {source.path} ({source.dataset})"
+    if source.split_file:
+        split = f"split {source.split_file} fold {source.fold} sha256 {source.split_sha256}"
+    else:
+        fractions = "/".join(map(str, source.fractions))
+        split = f"split by identity (the dataset's own split, else fractions {fractions}), seed {source.split_seed}"
+    return f"{where}\n{split}\nsilence cue: {silence_cue}"
+
+
+def _evaluate_checkpoint(checkpoint_path: str, args: argparse.Namespace, device, amp: bool, out: Path) -> dict:
+    from avfused.checkpoint import load_checkpoint, load_model
+    from avfused.data.decode import ClipSpec
+    from avfused.errors import ConfigError
+    from avfused.evaluate import predict
+    from avfused.training.data import split_datasets
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    trained_on = checkpoint.state.get("data") or {}
+    source = _checkpoint_source(checkpoint_path, trained_on, args)
     train_methods = args.train_methods or trained_on.get("train_methods")
     if args.test_methods and train_methods:
         seen = {m.lower() for m in train_methods} & {m.lower() for m in args.test_methods}
         if seen:
             raise ConfigError(f"test methods {sorted(seen)} were trained on; cross-manipulation needs unseen ones")
-
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    amp = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
-    model = load_model(args.checkpoint, args.backend, device)
+    silence_cue = args.silence_cue or trained_on.get("silence_cue", "keep")
+    model = load_model(checkpoint_path, args.backend, device)
     spec = ClipSpec.from_config(checkpoint.config, faces=args.faces or trained_on.get("faces", "none"))
-    source = DataSource(data_path, dataset, seed, fractions)
-    names = ("train", "val", "test") if args.split == "all" else (args.split,)
-    datasets = split_datasets(
-        source, spec, names, dict.fromkeys(names, args.test_methods), "no", args.workers, not args.no_progress
-    )
-    predictions = None
-    for name in names:
-        part = predict(model, datasets[name], args.batch_size, device, amp, args.workers, not args.no_progress)
-        predictions = part if predictions is None else _concat(predictions, part)
-    if predictions is None or len(predictions) == 0:
-        raise ConfigError(f"no readable clips in the {args.split} split of {data_path}")
+    names = _subsets(args.subset)
+    methods = dict.fromkeys(names, args.test_methods)
+    progress = not args.no_progress
+    datasets = split_datasets(source, spec, names, methods, "no", args.workers, progress, silence_cue)
+    parts = [predict(model, datasets[n], args.batch_size, device, amp, args.workers, progress) for n in names]
+    extra = {"checkpoint": str(checkpoint_path), "train_methods": train_methods}
+    return _finish(parts, source, silence_cue, args, out, checkpoint_path, extra)
+
+
+def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, extra: dict, heads=None) -> dict:
+    """Pool the parts per video, print the table under its header, write the JSON (and ROC PNG)."""
+    from avfused.errors import ConfigError
+    from avfused.evaluate import HEADS, format_table, report, save_roc_plot, video_level
+
+    heads = heads or HEADS
+    predictions = parts[0]
+    for part in parts[1:]:
+        predictions = _concat(predictions, part)
+    if len(predictions) == 0:
+        raise ConfigError(f"no readable clips in the {args.subset} part of {source.path}")
     videos = video_level(predictions)
-    result = report(videos, args.threshold)
+    result = report(videos, args.threshold, heads)
     result.update(
         {
-            "checkpoint": str(args.checkpoint),
-            "data": {"path": data_path, "dataset": dataset, "split": args.split, "fractions": list(fractions)},
-            "train_methods": train_methods,
+            **extra,
+            "split_sha256": source.split_sha256,
+            "fold": source.fold,
+            "data": {**source.to_dict(), "subset": args.subset, "silence_cue": silence_cue},
             "test_methods": args.test_methods,
             "videos_scored": videos.to_rows(),
         }
     )
-    print(f"{args.checkpoint}: {len(videos)} videos of the {args.split} split of {data_path} ({dataset})")
-    print(format_table(result))
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    print(f"{name}: {len(videos)} videos, {_describe(source, args.subset, silence_cue)}")
+    print(format_table(result, heads))
     out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"eval-{args.split}.json"
+    stem = f"baseline-silence-{args.subset}" if args.baseline else f"eval-{args.subset}"
+    json_path = out / f"{stem}.json"
     json_path.write_text(json.dumps(_finite(result), indent=2))
     print(f"wrote {json_path}")
     if not args.no_plot:
-        png = out / f"roc-{args.split}.png"
-        save_roc_plot(videos, str(png), title=f"{Path(args.checkpoint).name} on {args.split}")
-        print(f"wrote {png}")
+        png = out / f"roc-{args.subset}.png" if not args.baseline else out / f"{stem}.png"
+        try:
+            save_roc_plot(videos, str(png), title=f"{Path(name).name} on {args.subset}")
+            print(f"wrote {png}")
+        except ImportError:  # matplotlib is an optional extra; the metrics above do not need it
+            print("no ROC plot: matplotlib is not installed (pip install 'avfused[plot]')")
+    return result
+
+
+def _report_folds(results: list[dict], args: argparse.Namespace) -> None:
+    """Print the mean ± std table over the checkpoints' folds and write every result beside it."""
+    from avfused.folds import aggregate_folds, format_mean_std_table
+
+    aggregate = aggregate_folds(results)
+    shas = sorted({r["split_sha256"] or "none" for r in results})
+    folds = ", ".join(str(r["fold"]) for r in results)
+    print(f"\nmean ± std over {len(results)} folds ({folds}) of split sha256 {', '.join(shas)}")
+    if len(shas) > 1:
+        log.warning("the checkpoints were scored on different splits: their mean mixes protocols")
+    print(format_mean_std_table(aggregate))
+    checkpoints = [r["checkpoint"] for r in results]
+    out = Path(args.out) if args.out else Path(os.path.commonpath([str(Path(c).resolve().parent) for c in checkpoints]))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"eval-folds-{args.subset}.json"
+    summary = {"split_sha256": shas, "checkpoints": checkpoints, "mean_std": aggregate, "folds": results}
+    path.write_text(json.dumps(_finite(summary), indent=2))
+    print(f"wrote {path}")
+
+
+def _baseline_source(args: argparse.Namespace):
+    from avfused.training.data import DataSource, fold_source
+
+    dataset = args.dataset or "fakeavceleb"
+    seed = args.split_seed or 0
+    if args.split:
+        source = fold_source(args.data, dataset, seed, args.split, args.fold)
+        if args.fold is None:
+            log.info("split %s: fold %s, the first (--fold picks another)", args.split, source.fold)
+        return source
+    return DataSource(args.data, dataset, seed, tuple(args.split_fractions or (0.7, 0.15, 0.15)))
+
+
+def _run_baseline(args: argparse.Namespace) -> int:
+    from avfused.data.decode import ClipSpec
+    from avfused.errors import ConfigError
+    from avfused.evaluate import predict_silence
+    from avfused.training.data import split_datasets
+
+    if args.data is None:
+        raise ConfigError("--baseline silence needs --data ROOT (and --dataset NAME unless fakeavceleb)")
+    source = _baseline_source(args)
+    spec = ClipSpec(frames=BASELINE_FRAMES, image_size=BASELINE_IMAGE_SIZE, seconds=args.clip_seconds)
+    silence_cue = args.silence_cue or "keep"
+    names = _subsets(args.subset)
+    methods = dict.fromkeys(names, args.test_methods)
+    progress = not args.no_progress
+    datasets = split_datasets(source, spec, names, methods, "no", args.workers, progress, silence_cue)
+    parts = [predict_silence(datasets[n], spec.sample_rate, args.batch_size, args.workers, progress) for n in names]
+    out = Path(args.out or "runs/baseline")
+    extra = {"baseline": "silence", "clip_seconds": args.clip_seconds}
+    _finish(parts, source, silence_cue, args, out, "silence baseline", extra, heads=("clip",))
     return 0
 
 

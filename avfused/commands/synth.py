@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("TRAIN", "VAL", "TEST"),
         help="shares of identities per split (written to splits.json)",
     )
+    parser.add_argument(
+        "--silence-cue",
+        action="store_true",
+        help="fakes start with 0.2-0.5 s of digital silence (FakeAVCeleb's shortcut; see eval --baseline silence)",
+    )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (0: in this one)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        silence_cue=args.silence_cue,
     )
     counts = ", ".join(f"{k} {v}" for k, v in summary.categories.items())
     print(

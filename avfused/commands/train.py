@@ -15,17 +15,18 @@ import sys
 from pathlib import Path
 
 from avfused.training.augment import AugmentConfig
+from avfused.training.data import SILENCE_CUE_MODES
 from avfused.training.loop import LAST, TrainConfig
 
 HELP = "train a detector (on the built-in synthetic benchmark when no --data is given)"
 log = logging.getLogger("avfused")
 
 # the built-in benchmark the demo trains on (see avfused.data.synthetic.generate)
-SYNTH_DEFAULTS = {"identities": 32, "clips_per_identity": 8}
-# Recipe defaults, and the demo's (no --data): a few hundred steps on 100 clips instead of the
+SYNTH_DEFAULTS = {"identities": 64, "clips_per_identity": 8}
+# Recipe defaults, and the demo's (no --data): about 300 steps on ~300 clips instead of the
 # paper's many epochs, so a shorter schedule with a larger step (measured in the README).
 RECIPE = {"epochs": 50, "batch_size": 16, "lr": 5e-4}
-DEMO = {"epochs": 14, "batch_size": 8, "lr": 2e-3}
+DEMO = {"epochs": 8, "batch_size": 8, "lr": 2e-3}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +41,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="layout of --data: fakeavceleb when not given; synthetic, dfdc, dftimit, lavdf, avdeepfake1m",
     )
     data.add_argument(
-        "--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
-        help="shares of identities per split, where the data does not fix its own split",
+        "--split-fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
+        help="shares of identities per split, where the data does not fix its own split and no --split is given",
     )  # fmt: skip
-    data.add_argument("--split-seed", type=int, default=0, help="seed of the identity split")
+    data.add_argument(
+        "--split", default=None, metavar="FILE",
+        help="a split file of `avfused splits` (paths relative to --data): train on a fold's train files, "
+        "15%% of its identities held out for validation",
+    )  # fmt: skip
+    data.add_argument("--fold", default=None, help="fold of --split, by name or index (default: the first)")
+    data.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the identity split (with --split: of the validation share)"
+    )
+    data.add_argument(
+        "--silence-cue", choices=SILENCE_CUE_MODES, default="keep",
+        help="remove the leading-silence shortcut from the audio: trim it, or trim and add 0-0.5 s at random",
+    )  # fmt: skip
     data.add_argument(
         "--train-methods", nargs="+", default=None, metavar="METHOD",
         help="train on real clips and these manipulation methods only (cross-manipulation protocol)",
@@ -133,6 +146,20 @@ def _synthesise(args: argparse.Namespace, out: Path) -> Path:
     return folder
 
 
+def _data_source(args: argparse.Namespace, data_path: str, dataset: str):
+    """Where the clips come from: a fold of --split, or identity fractions; absolute paths, so `avfused eval
+    CKPT` finds the data and the split file from any folder."""
+    from avfused.training.data import DataSource, fold_source
+
+    path = str(Path(data_path).resolve())
+    if args.split is None:
+        return DataSource(path, dataset, args.split_seed, tuple(args.split_fractions))
+    source = fold_source(path, dataset, args.split_seed, args.split, args.fold)
+    chosen = "given by --fold" if args.fold is not None else "the first; --fold picks another"
+    log.info("split %s: fold %s (%s), sha256 %s", args.split, source.fold, chosen, source.split_sha256)
+    return source
+
+
 def run(args: argparse.Namespace) -> int:
     from avfused.errors import AvfusedError
 
@@ -146,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from avfused.config import ModelConfig
     from avfused.data.decode import ClipSpec
-    from avfused.training.data import DataSource, split_datasets
+    from avfused.training.data import split_datasets
     from avfused.training.distributed import Context
     from avfused.training.loop import Trainer
     from avfused.training.threads import set_threads
@@ -185,8 +212,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         augment=AugmentConfig.off() if args.no_augment else AugmentConfig(),
     )
-    # an absolute path, so `avfused eval CKPT` finds the data from any folder
-    source = DataSource(str(Path(data_path).resolve()), dataset, args.split_seed, tuple(args.split))
+    source = _data_source(args, data_path, dataset)
     spec = ClipSpec.from_config(config, faces=args.faces)
     datasets = split_datasets(
         source,
@@ -196,9 +222,16 @@ def _run(args: argparse.Namespace) -> int:
         args.in_memory,
         args.workers,
         not args.no_progress and context.is_main,
+        args.silence_cue,
+        args.seed,
     )
     log.info("data: %s (%s): %d train, %d val clips", data_path, dataset, len(datasets["train"]), len(datasets["val"]))
-    data_info = {**source.to_dict(), "faces": args.faces, "train_methods": args.train_methods}
+    data_info = {
+        **source.to_dict(),
+        "faces": args.faces,
+        "train_methods": args.train_methods,
+        "silence_cue": args.silence_cue,
+    }
     trainer = Trainer(config, train_config, datasets["train"], datasets["val"], out, args.backend, context, data_info)
     resume = None
     if args.resume is not None:
@@ -214,4 +247,6 @@ def _run(args: argparse.Namespace) -> int:
         shown = f"val clip AUC {auc:.4f}" if auc is not None else f"train loss {row.get('loss', float('nan')):.4f}"
         print(f"done: {summary['steps']} steps; best epoch {best.get('epoch')} ({shown})")
         print(f"checkpoints: {out / 'best.safetensors'}  {out / LAST}; log: {out / 'metrics.csv'}")
+        if source.split_file:
+            print(f"split: {source.split_file} fold {source.fold} sha256 {source.split_sha256}")
     return 0

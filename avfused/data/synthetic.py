@@ -28,6 +28,8 @@ faceswap, rtvc, faceswap-wav2lip -- and ``methods.json`` maps each file to the g
                         synthesiser (a cheap TTS);
     both    one visual and one audio manipulation ("faceswap+vocoder", ...).
 Per identity the categories cycle RVRA, FVRA, RVRA, RVFA, FVFA (40 % real), rotated by identity.
+``silence_cue=True`` (off by default) starts every fake's audio with 0.2-0.5 s of digital silence, the
+shortcut FakeAVCeleb is reported to hold, to test the silence baseline and its removal.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ _TONES = (
     ("tone-tan", (170, 120, 85)),
     ("tone-dark", (120, 80, 55)),
 )
+SILENCE_CUE_SECONDS = (0.2, 0.5)  # leading digital silence of a fake with silence_cue
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +383,7 @@ class ClipJob:
     size: int
     seconds: float
     sample_rate: int
+    silence_cue: bool = False
 
 
 def _job_rng(job: ClipJob, stream: int) -> np.random.Generator:
@@ -405,6 +409,8 @@ def render_clip(job: ClipJob) -> tuple[np.ndarray, np.ndarray]:
         cutoff = float(rng.uniform(3200, 5200))
         audio = _scale(signal.sosfilt(_sos("lowpass", (round(cutoff, -2),), rate, 8), cloned), rng)
     audio = audio.astype(np.float32)
+    if job.silence_cue and job.category != "RVRA":  # a stream of its own: the rest of the clip is unchanged
+        audio[: int(_job_rng(job, 3).uniform(*SILENCE_CUE_SECONDS) * rate)] = 0.0
 
     mouth_plan = plan
     if job.visual_method == "lipsync":  # the mouth says something else than what is heard
@@ -500,6 +506,7 @@ def plan_jobs(
     seconds: float,
     sample_rate: int,
     splits: dict[int, str],
+    silence_cue: bool = False,
 ) -> list[ClipJob]:
     jobs = []
     for ident in range(num_identities):
@@ -529,6 +536,7 @@ def plan_jobs(
                     size=size,
                     seconds=seconds,
                     sample_rate=sample_rate,
+                    silence_cue=silence_cue,
                 )
             )
     return jobs
@@ -614,6 +622,7 @@ def generate(
     workers: int = 0,
     overwrite: bool = False,
     progress: bool = False,
+    silence_cue: bool = False,
 ) -> SyntheticSummary:
     """Write the benchmark into ``out_dir`` (see the module docstring). ``workers`` > 0 renders in
     that many processes; 0 renders here. An existing non-empty ``out_dir`` is an error unless
@@ -633,7 +642,9 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     split_of = assign_splits(num_identities, tuple(splits), seed)
-    jobs = plan_jobs(out, num_identities, clips_per_identity, seed, fps, size, seconds, sample_rate, split_of)
+    jobs = plan_jobs(
+        out, num_identities, clips_per_identity, seed, fps, size, seconds, sample_rate, split_of, silence_cue
+    )
     rows = _run_jobs(jobs, workers, progress)
     with open(out / "meta_data.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -655,6 +666,7 @@ def generate(
                 "seconds": seconds,
                 "sample_rate": sample_rate,
                 "splits": list(splits),
+                **({"silence_cue": True} if silence_cue else {}),
             },
             indent=1,
         )

@@ -2,6 +2,7 @@
 
 read_fakeavceleb_metadata(csv)  -> MetadataTable (records + a report of every row fixed or dropped)
 make_splits(records, protocol, seed, ...) -> SplitFile (JSON with a content hash)
+records_named(records, names, split_path) -> the records a split file's fold names
 leading_silence_seconds(wave, sample_rate) / remove_silence_cue(wave, ...)
 """
 
@@ -13,7 +14,7 @@ from avfused.protocols.fakeavceleb import (
     type_code,
 )
 from avfused.protocols.silence import leading_silence_seconds, remove_silence_cue, silence_scores
-from avfused.protocols.splits import PROTOCOLS, SplitFile, load_split, make_splits
+from avfused.protocols.splits import PROTOCOLS, SplitFile, load_split, make_splits, records_named
 
 __all__ = [
     "FAKEAVCELEB_TYPES",
@@ -24,6 +25,7 @@ __all__ = [
     "load_split",
     "make_splits",
     "read_fakeavceleb_metadata",
+    "records_named",
     "remove_silence_cue",
     "resolve_duplicates",
     "silence_scores",

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from avfused.errors import DataError
+from avfused.errors import DataError, SplitNamesMissingError
 from avfused.protocols.fakeavceleb import type_code
 
 FORMAT = "avfused-split/1"
@@ -129,6 +129,30 @@ def relative_path(path: str, root: str | Path | None) -> str:
         return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
     except ValueError:
         return Path(path).as_posix()
+
+
+def _tail(path: str, depth: int) -> str:
+    return "/".join(Path(path).as_posix().split("/")[-depth:])
+
+
+def records_named(records: Iterable, names: Iterable[str], split_path: str | Path) -> list:
+    """The records (in their order) whose files a split file names.
+
+    A name matches a record whose path ends with it: names are relative to the dataset root, a record's
+    path is absolute (or, in a prepared cache, the original file's). Every name must match (one file may
+    have several records: a cache's windows), else SplitNamesMissingError says how many are missing.
+    """
+    records, wanted = list(records), set(names)
+    depths = {name.count("/") + 1 for name in wanted}
+    found = {_tail(r.path, d) for r in records for d in depths} & wanted
+    missing = sorted(wanted - found)
+    if missing:
+        raise SplitNamesMissingError(
+            split_path,
+            f"{len(missing)} of the {len(wanted)} files it names are not in the dataset (e.g. {missing[0]}); "
+            "was it written for another dataset or data root?",
+        )
+    return [r for r in records if any(_tail(r.path, d) in wanted for d in depths)]
 
 
 def make_splits(

@@ -101,6 +101,8 @@ class AugmentedDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):  # e.g. SilenceCueRemoved: its draws also follow the epoch
+            self.base.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.base)

@@ -337,7 +337,8 @@ class Trainer:
         for row in self.history:
             lines.append(",".join("" if row.get(k) is None else f"{row[k]}" for k in columns))
         atomic_write_bytes(self.out_dir / "metrics.csv", ("\n".join(lines) + "\n").encode())
-        summary = {"history": self.history, "best": self.best, "total_steps": self.total_steps}
+        # the data (its split file's sha256 included), so every result names what it was computed on
+        summary = {"history": self.history, "best": self.best, "total_steps": self.total_steps, "data": self.data_info}
         atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(summary, indent=2).encode())
 
     def fit(self, resume: str | Path | None = None, stop_after: int | None = None) -> dict:

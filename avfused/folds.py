@@ -1,0 +1,74 @@
+"""k-fold results: the mean and spread of every metric over the folds.
+
+    aggregate_folds(results)      -> {"folds": k, "overall": {head: {metric: {"mean", "std", "folds"}}},
+                                      "category": {name: {head: ...}}, "method": {name: {head: ...}}}
+    format_mean_std_table(agg)    -> a table like avfused.evaluate.format_table, cells "mean±std"
+
+``results`` are avfused.evaluate.report dicts, one per fold (NaN or None where a metric is undefined).
+A metric a fold lacks (one class in the group, or the group absent from the fold) is left out of that
+mean, and "folds" counts the folds that had it. std is the sample standard deviation (ddof=1: the folds
+are a sample of the possible splits); NaN with fewer than two folds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from avfused.evaluate import METRIC_NAMES
+
+
+def _stats(values: Sequence[float | None]) -> dict:
+    defined = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return {
+        "mean": float(np.mean(defined)) if defined else math.nan,
+        "std": float(np.std(defined, ddof=1)) if len(defined) > 1 else math.nan,
+        "folds": len(defined),
+    }
+
+
+def _group(per_fold: Sequence[dict | None]) -> dict:
+    """One group's {head: metrics} of every fold (None where a fold lacks the group) -> {head: {metric: stats}}."""
+    present = [group for group in per_fold if group is not None]
+    heads = list(dict.fromkeys(head for group in present for head in group))
+    return {head: {m: _stats([g[head][m] for g in present if head in g]) for m in METRIC_NAMES} for head in heads}
+
+
+def aggregate_folds(results: Sequence[dict]) -> dict:
+    """Mean and std over the folds of each metric of each head, overall, per category and per method."""
+    if not results:
+        raise ValueError("no fold results to aggregate")
+    out = {"folds": len(results), "overall": _group([r["overall"] for r in results])}
+    for kind in ("category", "method"):
+        names = dict.fromkeys(name for r in results for name in r[kind])
+        out[kind] = {name: _group([r[kind].get(name) for r in results]) for name in names}
+    return out
+
+
+def _cell(stats: dict) -> str:
+    if math.isnan(stats["mean"]):
+        return f"{'-':^13s}"
+    spread = "  -   " if math.isnan(stats["std"]) else f"{stats['std']:.4f}"
+    return f"{stats['mean']:.4f}±{spread}"
+
+
+def format_mean_std_table(aggregate: dict) -> str:
+    """One row per (group, head): the number of folds, then ACC / AUC / EER / AP as mean±std."""
+    header = f"{'group':<22s} {'head':<7s} {'folds':>5s} " + " ".join(f"{m.upper():^13s}" for m in METRIC_NAMES)
+    lines = [header, "-" * len(header)]
+
+    def add(group: str, per_head: dict) -> None:
+        for head, stats in per_head.items():
+            folds = max(s["folds"] for s in stats.values())
+            cells = " ".join(_cell(stats[m]) for m in METRIC_NAMES)
+            lines.append(f"{group[:22]:<22s} {head:<7s} {folds:>5d} {cells}")
+
+    add("all", aggregate["overall"])
+    for kind in ("category", "method"):
+        for name, per_head in aggregate[kind].items():
+            if kind == "method" and name == "real":
+                continue  # already listed as a category
+            add(f"{kind} {name}", per_head)
+    return "\n".join(lines)
