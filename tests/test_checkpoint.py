@@ -12,14 +12,7 @@ from avfused import SingleStreamNet
 from avfused.checkpoint import load_checkpoint, load_model, save_checkpoint
 from avfused.errors import CheckpointError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny shapes: extra OpenMP threads only wait on each other (and stall badly on a shared machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_model_and_optimizer():

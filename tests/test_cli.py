@@ -3,19 +3,12 @@
 import json
 
 import pytest
-import torch
 from helpers import tiny_config
 
 from avfused.cli import build_parser, main
 from avfused.data.synthetic import generate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

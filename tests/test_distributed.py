@@ -57,12 +57,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):

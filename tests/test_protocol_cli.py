@@ -22,12 +22,7 @@ RUN = ["--batch-size", "4", "--epochs", "1", "--max-steps", "2", "--no-progress"
 EVAL = ["--no-progress", "--backend", "torch", "--no-plot"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

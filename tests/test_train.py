@@ -16,14 +16,7 @@ from avfused.training.losses import LossWeights, detection_loss
 from avfused.training.schedule import warmup_linear_factor
 from avfused.training.toy import ToyClips
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny shapes: extra OpenMP threads only wait on each other (and stall badly on a shared machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_loss_is_the_sum_of_the_recipe_terms():
