@@ -115,7 +115,12 @@ else:
     ext_modules.append(
         CppExtension(
             "avfused._C_cpu",
-            sources=["csrc/registration.cpp", "csrc/cpu/frontend_stem_cpu.cpp", "csrc/cpu/token_attention_cpu.cpp"],
+            sources=[
+                "csrc/registration.cpp",
+                "csrc/cpu/frontend_stem_cpu.cpp",
+                "csrc/cpu/token_attention_cpu.cpp",
+                "csrc/cpu/vpm_cpu.cpp",
+            ],
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=["-fopenmp"],
         )

@@ -5,6 +5,8 @@
 //   frontend_stem_backward(grad_out, x, filters, stem_weight, band_mean, log_eps) -> (grad_x, grad_filters, grad_stem)
 //   token_attention(tokens (B,L,D), pos (L,D), ln_w, ln_b, lin_w (D,D), lin_b, eps) -> (B,L,D)
 //   token_attention_backward(grad_out, tokens, pos, ln_w, ln_b, lin_w, lin_b, eps) -> six gradients
+//   large_kernel_attention(p (N,C,H,W), w5 (C,25), b5, w7 (C,49), b7, w1 (C,C), b1) -> (N,C,H,W)   [CPU only]
+//   conv_mlp(x (N,C,H,W), w_in (E,C), b_in, w_dw (E,9), b_dw, w_out (C,E), b_out) -> (N,C,H,W)     [CPU only]
 #pragma once
 
 #include <ATen/ATen.h>
@@ -61,5 +63,12 @@ at::Tensor token_attention_cpu(const at::Tensor& tokens, const at::Tensor& pos, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_attention_backward_composite(
     const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& pos, const at::Tensor& ln_weight,
     const at::Tensor& ln_bias, const at::Tensor& lin_weight, const at::Tensor& lin_bias, double eps);
+
+// ---- VPM: large-kernel attention and conv MLP (CPU forward; the backward recomputes in Python) ------
+at::Tensor large_kernel_attention_cpu(const at::Tensor& p, const at::Tensor& w5, const at::Tensor& b5,
+                                      const at::Tensor& w7, const at::Tensor& b7, const at::Tensor& w1,
+                                      const at::Tensor& b1);
+at::Tensor conv_mlp_cpu(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in, const at::Tensor& w_dw,
+                        const at::Tensor& b_dw, const at::Tensor& w_out, const at::Tensor& b_out);
 
 }  // namespace avfused

@@ -47,6 +47,15 @@ def variant_status(device: torch.device, compile_skipped: str | None = None) -> 
     return status
 
 
+def _reference_on_device(op: str, variant: str, device: torch.device) -> bool:
+    """True where the cuda backend serves an op whose CUDA tensors run the reference (CPU-only kernels)."""
+    if variant != "cuda" or device.type != "cuda":
+        return False
+    from avfused.ops import cuda_impl
+
+    return op in cuda_impl.CPU_ONLY_OPS
+
+
 class FallbackError(RuntimeError):
     """A fused backend lacks an op, so it would time the reference under the backend's name."""
 
@@ -69,7 +78,7 @@ class Implementations:
                 fn = torch.compile(reference_fn, dynamic=False)
             else:
                 fn = backends.get_op(op, variant, self.device)
-                if fn is reference_fn:
+                if fn is reference_fn or _reference_on_device(op, variant, self.device):
                     raise FallbackError(f"backend {variant!r} does not implement {op} (it would run the reference)")
             self._functions[key] = fn
         return self._functions[key]
