@@ -6,8 +6,9 @@ whose CPU part is a fused path for CPU inference).
 
 Choice: ``backend=`` on a module or model, else the ``AVFUSED_BACKEND`` environment variable, else
 ``auto``. A forced backend that cannot run raises BackendUnavailableError saying why and how to get
-it. ``auto`` takes, in order, cuda then triton on a GPU, and cuda (its C++ CPU part) on the CPU; it
-falls back to the reference and says so once in the log. The Triton interpreter
+it. ``auto`` takes, in order, cuda then triton on a GPU, and cuda (its C++ CPU part) on the CPU for
+inference, but the reference for training on the CPU (a module in train mode under autograd; see
+_AUTO_ORDER_TRAINING); it falls back to the reference and says so once in the log. The Triton interpreter
 (TRITON_INTERPRET=1) runs Triton on CPU tensors, but only when triton is forced: it is for tests.
 
 An implementation module defines ``unavailable_reason(device) -> str | None`` and any of the op
@@ -35,6 +36,9 @@ BACKENDS = ("torch", "triton", "cuda")
 ENV_VAR = "AVFUSED_BACKEND"
 _MODULES = {"triton": "avfused.ops.triton_impl", "cuda": "avfused.ops.cuda_impl"}
 _AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cuda",)}
+# Training (autograd recording in a module's train mode): the C++ CPU path measured slower than the
+# reference for a whole training step (benchmarks/results), so "auto" trains on the CPU with the reference.
+_AUTO_ORDER_TRAINING = {"cuda": ("cuda", "triton"), "cpu": ()}
 _logged: set[tuple] = set()
 
 
@@ -97,8 +101,8 @@ def requested_backend(argument: str | None = None) -> str:
     return "auto"
 
 
-def resolve_backend(argument: str | None, device: torch.device | str) -> str:
-    """The concrete backend for one call on ``device``."""
+def resolve_backend(argument: str | None, device: torch.device | str, training: bool = False) -> str:
+    """The concrete backend for one call on ``device`` (``training``: a backward will follow)."""
     device = torch.device(device)
     wanted = requested_backend(argument)
     if wanted != "auto":
@@ -109,9 +113,18 @@ def resolve_backend(argument: str | None, device: torch.device | str) -> str:
                 f"{_how_to_get(wanted)} Or use backend='auto' / unset {ENV_VAR} to fall back to 'torch'."
             )
         return wanted
-    for name in _AUTO_ORDER.get(device.type, ()):
+    order = _AUTO_ORDER_TRAINING if training else _AUTO_ORDER
+    for name in order.get(device.type, ()):
         if unavailable_reason(name, device) is None:
             return name
+    if training and _AUTO_ORDER.get(device.type):
+        _log_once(
+            ("training", device.type),
+            "avfused: training on %s tensors uses the torch reference (the fused path there serves inference; "
+            "backend='cuda' forces it)",
+            device.type,
+        )
+        return "torch"
     _log_once(
         ("fallback", device.type), "avfused: no fused backend for %s tensors; using the torch reference", device.type
     )
@@ -126,12 +139,17 @@ def _how_to_get(name: str) -> str:
     return ""
 
 
-def get_op(op: str, argument: str | None, device: torch.device | str) -> Callable:
-    """The function computing reference op ``op`` with the backend resolved for ``device``."""
-    name = resolve_backend(argument, device)
+def get_op(op: str, argument: str | None, device: torch.device | str, training: bool = False) -> Callable:
+    """The function computing reference op ``op`` with the backend resolved for ``device`` (and ``training``)."""
+    name = resolve_backend(argument, device, training)
     module, _ = _load(name)
     fn = getattr(module, op, None)
     if fn is None:
         _log_once(("missing", name, op), "avfused: backend %r has no %s; using the torch reference", name, op)
         fn = getattr(reference, op)
     return fn
+
+
+def module_op(op: str, module: torch.nn.Module, device: torch.device) -> Callable:
+    """``get_op`` for a module with a ``backend`` attribute; training when it is in train mode under autograd."""
+    return get_op(op, module.backend, device, module.training and torch.is_grad_enabled())

@@ -52,3 +52,24 @@ def test_environment_variable_forces_the_reference(monkeypatch):
 def test_model_rejects_unknown_backend():
     with pytest.raises(UnknownBackendError):
         SingleStreamNet(tiny_config(), backend="opencl")
+
+
+def test_auto_trains_on_the_cpu_with_the_reference_and_infers_with_the_cpp_path(monkeypatch):
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device=None: None)  # every backend "runs"
+    assert backends.resolve_backend("auto", "cpu") == "cuda"
+    assert backends.resolve_backend("auto", "cpu", training=True) == "torch"
+    assert backends.resolve_backend("cuda", "cpu", training=True) == "cuda"  # forced stays forced
+    assert backends.resolve_backend("auto", "cuda", training=True) == "cuda"  # GPUs train fused
+
+
+def test_module_op_is_training_only_in_train_mode_under_autograd(monkeypatch):
+    seen = []
+    monkeypatch.setattr(backends, "get_op", lambda op, backend, device, training=False: seen.append(training))
+    module = torch.nn.Module()
+    module.backend = "auto"
+    backends.module_op("conv_mlp", module, torch.device("cpu"))
+    with torch.no_grad():
+        backends.module_op("conv_mlp", module, torch.device("cpu"))
+    module.eval()
+    backends.module_op("conv_mlp", module, torch.device("cpu"))
+    assert seen == [True, False, False]

@@ -1,8 +1,9 @@
 """The "cuda" backend's VPM ops (C++ CPU kernels) against the float64 reference: forward and every gradient.
 
-large_kernel_attention and conv_mlp have a fused C++ forward on the CPU; their backward recomputes through
-the reference. CPU tests need the extension built (pip install --no-build-isolation -e .). Fresh random
-inputs, the fp32 rule of avfused.testing (1e-4 relative to the float64 reference).
+large_kernel_attention and conv_mlp have a fused C++ forward on the CPU; the op's backward recomputes
+through the reference, and where autograd records the wrappers run the reference directly. CPU tests
+need the extension built (pip install --no-build-isolation -e .). Fresh random inputs, the fp32 rule of
+avfused.testing (1e-4 relative to the float64 reference).
 """
 
 from __future__ import annotations
@@ -55,19 +56,54 @@ def mlp_inputs(images, channels, expanded, height, width, conv_1x1=False):
     ]
 
 
-def check_against_float64(fn, reference_fn, inputs, names):
-    """Forward and the gradient of every input within the fp32 rule of the float64 reference."""
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    leaves64 = [t.detach().double().requires_grad_() for t in inputs]
-    out = fn(*leaves)
-    ref = reference_fn(*leaves64)
+def lka_op(p, w5, b5, w7, b7, w1, b1):
+    """The raw op (C++ forward, backward through the reference) on the module's weight shapes."""
+    c = p.shape[1]
+    return ops.large_kernel_attention(p, w5.reshape(c, 25), b5, w7.reshape(c, 49), b7, w1.reshape(c, c), b1)
+
+
+def mlp_op(x, w_in, b_in, w_dw, b_dw, w_out, b_out):
+    c, e = x.shape[1], w_in.shape[0]
+    return ops.conv_mlp(x, w_in.reshape(e, c), b_in, w_dw.reshape(e, 9), b_dw, w_out.reshape(c, e), b_out)
+
+
+def check_against_float64(fn, op, reference_fn, inputs, names):
+    """The wrapper's C++ forward (inference) and the raw op's forward and every input's gradient, within
+    the fp32 rule of the float64 reference. (Where autograd records, the wrapper itself runs the
+    reference: test_wrappers_run_the_reference_where_autograd_records.)"""
+    with torch.no_grad():
+        out = fn(*inputs)
+    ref = reference_fn(*(t.double() for t in inputs))
     assert out.dtype == torch.float32
     assert_matches_reference(out, ref, name="forward")
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    leaves64 = [t.detach().double().requires_grad_() for t in inputs]
+    out = op(*leaves)
+    ref = reference_fn(*leaves64)
+    assert_matches_reference(out, ref, name="op forward")
     grad = torch.randn_like(out)
     out.backward(grad)
     ref.backward(grad.double())
     for name, mine, theirs in zip(names, leaves, leaves64, strict=True):
         assert_matches_reference(mine.grad, theirs.grad, name=f"grad {name}")
+
+
+def test_wrappers_run_the_reference_where_autograd_records(monkeypatch):
+    """Training takes the reference (the op's backward would recompute through it anyway); inference the C++."""
+    calls = []
+    for name in ("large_kernel_attention", "conv_mlp"):
+        raw = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *args, _raw=raw, _name=name: calls.append(_name) or _raw(*args),
+                            raising=False)
+    lka, mlp = lka_inputs(1, 3, 6, 5), mlp_inputs(1, 3, 12, 6, 5)
+    with torch.no_grad():
+        cuda_impl.large_kernel_attention(*lka), cuda_impl.conv_mlp(*mlp)
+    assert calls == ["large_kernel_attention", "conv_mlp"]
+    calls.clear()
+    lka[0].requires_grad_()
+    mlp[1].requires_grad_()
+    cuda_impl.large_kernel_attention(*lka), cuda_impl.conv_mlp(*mlp)
+    assert calls == []
 
 
 # (images, channels, height, width, 1x1 weight as a conv): odd maps, maps smaller than the 19x19 dilated
@@ -82,7 +118,7 @@ def test_large_kernel_attention_matches_float64(shape, narrow, monkeypatch):
     if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
         monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
     inputs = lka_inputs(*shape)
-    check_against_float64(cuda_impl.large_kernel_attention, reference.large_kernel_attention, inputs, LKA_NAMES)
+    check_against_float64(cuda_impl.large_kernel_attention, lka_op, reference.large_kernel_attention, inputs, LKA_NAMES)
 
 
 # (images, channels, expanded, height, width, 1x1 weights as convs): E not a multiple of the channel group
@@ -96,7 +132,7 @@ def test_conv_mlp_matches_float64(shape, narrow, monkeypatch):
     if narrow:
         monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
     inputs = mlp_inputs(*shape)
-    check_against_float64(cuda_impl.conv_mlp, reference.conv_mlp, inputs, MLP_NAMES)
+    check_against_float64(cuda_impl.conv_mlp, mlp_op, reference.conv_mlp, inputs, MLP_NAMES)
 
 
 def test_non_contiguous_inputs():
@@ -104,12 +140,12 @@ def test_non_contiguous_inputs():
     lka[0] = lka[0].transpose(2, 3).contiguous().transpose(2, 3)  # a transposed view
     lka[5] = lka[5].t().contiguous().t()
     assert not lka[0].is_contiguous() and not lka[5].is_contiguous()
-    check_against_float64(cuda_impl.large_kernel_attention, reference.large_kernel_attention, lka, LKA_NAMES)
+    check_against_float64(cuda_impl.large_kernel_attention, lka_op, reference.large_kernel_attention, lka, LKA_NAMES)
     mlp = mlp_inputs(2, 4, 16, 5, 7)
     mlp[0] = torch.randn(2, 8, 5, 7)[:, ::2]  # a channel slice
     mlp[1] = mlp[1].t().contiguous().t()
     assert not mlp[0].is_contiguous() and not mlp[1].is_contiguous()
-    check_against_float64(cuda_impl.conv_mlp, reference.conv_mlp, mlp, MLP_NAMES)
+    check_against_float64(cuda_impl.conv_mlp, mlp_op, reference.conv_mlp, mlp, MLP_NAMES)
 
 
 def test_float64_inputs_give_float64_outputs():

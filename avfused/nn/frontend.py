@@ -84,7 +84,7 @@ class AudioStem(nn.Module):
         self.norm = nn.BatchNorm1d(out_channels)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        op = backends.get_op("audio_frontend_stem", self.backend, wave.device)
+        op = backends.module_op("audio_frontend_stem", self, wave.device)
         fe = self.frontend
         features = op(wave, fe.low_hz, fe.band_hz, self.weight, **fe.op_kwargs())
         return self.norm(features)

@@ -70,7 +70,7 @@ class SAAVM(nn.Module):
                 f"SAAVM was built for {self.pos.shape[0]} tokens but a {height}x{width} map with "
                 f"{video.shape[2]} frames makes {tokens.shape[1]}; build it with num_tokens for this input size"
             )
-        op = backends.get_op("joint_token_attention", self.backend, tokens.device)
+        op = backends.module_op("joint_token_attention", self, tokens.device)
         mixed = op(tokens, self.pos, self.norm.weight, self.norm.bias, self.mix.weight, self.mix.bias)
         video_tokens, audio_tokens = mixed[:, : -self.frames], mixed[:, -self.frames :]
         video_map = reference.tokens_to_video(video_tokens, self.frames, height, width, self.window)

@@ -41,7 +41,7 @@ class LargeKernelAttention(nn.Module):
         self.pw = nn.Conv2d(channels, channels, 1)
 
     def forward(self, p: torch.Tensor) -> torch.Tensor:
-        op = backends.get_op("large_kernel_attention", self.backend, p.device)
+        op = backends.module_op("large_kernel_attention", self, p.device)
         return op(p, self.dw5.weight, self.dw5.bias, self.dw7.weight, self.dw7.bias, self.pw.weight, self.pw.bias)
 
 
@@ -57,7 +57,7 @@ class ConvMLP(nn.Module):
         self.project = nn.Conv2d(hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = backends.get_op("conv_mlp", self.backend, x.device)
+        op = backends.module_op("conv_mlp", self, x.device)
         return op(
             x,
             self.expand.weight,

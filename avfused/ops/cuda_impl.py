@@ -15,8 +15,11 @@ stem without storing the (B, F, S) band energies. Its backward recomputes them (
 around one fused elementwise kernel). The kernels compute in float32: half / bfloat16 / float64
 inputs are cast to float32 and the result back to the input dtype.
 
-The two VPM ops have a fused C++ forward for CPU inference (no (N, C, H, W) intermediate in memory);
-their backward recomputes through the reference. On CUDA tensors they run the reference (logged once).
+The two VPM ops have a fused C++ forward for CPU inference (no (N, C, H, W) intermediate in memory).
+Their backward would recompute through the reference, which measured slower than the reference alone
+(benchmarks/results), so where autograd records (training) the wrappers run the reference; the op's
+own autograd formula serves direct callers of ``torch.ops.avfused_ext``. On CUDA tensors they run the
+reference (logged once).
 
 Fake kernels and autograd formulas are registered here, so ``torch.compile(fullgraph=True)`` traces
 models using these ops. Bad inputs raise avfused.errors exceptions before reaching C++.
@@ -168,6 +171,11 @@ def _check_mlp(x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor
 CPU_ONLY_OPS = ("large_kernel_attention", "conv_mlp")
 
 
+def _autograd_records(*tensors: Tensor) -> bool:
+    """True when autograd will need a backward through these tensors."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _reference_on_gpu(op: str):
     """The reference for a VPM op on CUDA tensors: the extension has a CPU kernel only."""
     _log_once(("missing", "cuda", op, "gpu"), "avfused: backend 'cuda' has no GPU kernel for %s; "
@@ -222,6 +230,9 @@ def large_kernel_attention(p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Te
     """p * (W1 @ dw7x7_dil3(dw5x5(p)) + b1), as reference.large_kernel_attention; returns p's dtype."""
     if _check_lka(p, w5, b5, w7, b7, w1, b1).type == "cuda":
         return _reference_on_gpu("large_kernel_attention")(p, w5, b5, w7, b7, w1, b1)
+    if _autograd_records(p, w5, b5, w7, b7, w1, b1):
+        # the backward recomputes through the reference anyway: the C++ forward would only add its time
+        return reference.large_kernel_attention(p, w5, b5, w7, b7, w1, b1)
     _check_kernels_for("large_kernel_attention", p.device)
     c = p.shape[1]
     out = torch.ops.avfused_ext.large_kernel_attention(
@@ -235,6 +246,8 @@ def conv_mlp(x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, 
     """1x1 expand -> depthwise 3x3 -> ReLU -> 1x1 project, as reference.conv_mlp; returns x's dtype."""
     if _check_mlp(x, w_in, b_in, w_dw, b_dw, w_out, b_out).type == "cuda":
         return _reference_on_gpu("conv_mlp")(x, w_in, b_in, w_dw, b_dw, w_out, b_out)
+    if _autograd_records(x, w_in, b_in, w_dw, b_dw, w_out, b_out):  # as in large_kernel_attention
+        return reference.conv_mlp(x, w_in, b_in, w_dw, b_dw, w_out, b_out)
     _check_kernels_for("conv_mlp", x.device)
     c, e = x.shape[1], w_in.shape[0]
     out = torch.ops.avfused_ext.conv_mlp(
