@@ -33,6 +33,7 @@ from avfused.protocols import silence_scores
 HEADS = ("clip", "visual", "audio")
 LABEL_OF_HEAD = {"clip": "label", "visual": "visual_label", "audio": "audio_label"}
 METRIC_NAMES = ("acc", "auc", "eer", "ap")
+GROUP_WIDTH = 26  # the table's group column: "method faceswap-wav2lip" and the like in full
 
 
 @dataclass
@@ -210,14 +211,16 @@ def _cell(value: float) -> str:
 
 def format_table(result: dict, heads: Sequence[str] = HEADS) -> str:
     """A plain-text table: one row per (group, head), columns n / real / fake / ACC / AUC / EER / AP."""
-    lines = [f"{'group':<22s} {'head':<7s} {'n':>6s} {'real':>6s} {'fake':>6s}   ACC     AUC     EER     AP"]
+    columns = f"{'head':<7s} {'n':>6s} {'real':>6s} {'fake':>6s}   ACC     AUC     EER     AP"
+    lines = [f"{'group':<{GROUP_WIDTH}s} {columns}"]
     lines.append("-" * len(lines[0]))
 
     def add(group: str, per_head: dict) -> None:
         for head in heads:
             m = per_head[head]
             cells = " ".join(_cell(m[k]) for k in METRIC_NAMES)
-            lines.append(f"{group[:22]:<22s} {head:<7s} {m['n']:>6d} {m['real']:>6d} {m['fake']:>6d}  {cells}")
+            counts = f"{m['n']:>6d} {m['real']:>6d} {m['fake']:>6d}"
+            lines.append(f"{group[:GROUP_WIDTH]:<{GROUP_WIDTH}s} {head:<7s} {counts}  {cells}")
 
     add("all", result["overall"])
     for kind in ("category", "method"):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from avfused.evaluate import METRIC_NAMES
+from avfused.evaluate import GROUP_WIDTH, METRIC_NAMES
 
 
 def _stats(values: Sequence[float | None]) -> dict:
@@ -56,14 +56,15 @@ def _cell(stats: dict) -> str:
 
 def format_mean_std_table(aggregate: dict) -> str:
     """One row per (group, head): the number of folds, then ACC / AUC / EER / AP as mean±std."""
-    header = f"{'group':<22s} {'head':<7s} {'folds':>5s} " + " ".join(f"{m.upper():^13s}" for m in METRIC_NAMES)
+    metric_columns = " ".join(f"{m.upper():^13s}" for m in METRIC_NAMES)
+    header = f"{'group':<{GROUP_WIDTH}s} {'head':<7s} {'folds':>5s} {metric_columns}"
     lines = [header, "-" * len(header)]
 
     def add(group: str, per_head: dict) -> None:
         for head, stats in per_head.items():
             folds = max(s["folds"] for s in stats.values())
             cells = " ".join(_cell(stats[m]) for m in METRIC_NAMES)
-            lines.append(f"{group[:22]:<22s} {head:<7s} {folds:>5d} {cells}")
+            lines.append(f"{group[:GROUP_WIDTH]:<{GROUP_WIDTH}s} {head:<7s} {folds:>5d} {cells}")
 
     add("all", aggregate["overall"])
     for kind in ("category", "method"):
