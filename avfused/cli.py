@@ -47,11 +47,17 @@ def _quiet_ffmpeg(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from avfused.errors import AvfusedError
+
     parser, modules = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     _quiet_ffmpeg(args.verbose)
-    return int(modules[args.command].run(args) or 0)
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except AvfusedError as error:  # a named, explained error: one line and exit status 2, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -79,3 +79,10 @@ def test_broken_checkpoint_is_one_clear_line(tmp_path, capsys, command):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "bad.safetensors" in err[0]
+
+
+def test_every_command_reports_named_errors_in_one_line(tmp_path, capsys):
+    """An avfused error from any command is one 'error:' line and exit status 2, not a traceback."""
+    assert main(["splits", "--data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing" in err and "Traceback" not in err

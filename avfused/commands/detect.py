@@ -41,16 +41,6 @@ def _line(result, threshold: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avfused.errors import AvfusedError
-
-    try:
-        return _run(args)
-    except AvfusedError as error:  # a named, explained error: one line, not a traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     import torch
 
     from avfused.checkpoint import load_checkpoint, load_model

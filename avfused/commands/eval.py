@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 from avfused.training.data import SILENCE_CUE_MODES
@@ -97,16 +96,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avfused.errors import AvfusedError
-
-    try:
-        return _run(args)
-    except AvfusedError as error:  # a named, explained error: one line, not a traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     from avfused.errors import ConfigError
     from avfused.training.threads import set_threads
 

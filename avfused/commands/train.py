@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 from avfused.training.augment import AugmentConfig
@@ -161,16 +160,6 @@ def _data_source(args: argparse.Namespace, data_path: str, dataset: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from avfused.errors import AvfusedError
-
-    try:
-        return _run(args)
-    except AvfusedError as error:  # a named, explained error: one line, not a traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     from avfused.config import ModelConfig
     from avfused.data.decode import ClipSpec
     from avfused.training.data import split_datasets
