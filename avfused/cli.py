@@ -38,12 +38,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def _quiet_ffmpeg(verbose: bool) -> None:
-    """FFmpeg prints its own lines for every bad file; avfused reports those files itself."""
+    """FFmpeg's own lines stay off (PyAV's default level, None): avfused reports bad files itself. Any
+    other level installs PyAV's log callback, which takes the GIL from FFmpeg's decoder threads and can
+    deadlock (seen: an h264 frame thread logging during a seek while the main thread waited on it), so
+    only --verbose asks for it."""
     try:
         import av
     except ImportError:
         return
-    av.logging.set_level(av.logging.VERBOSE if verbose else av.logging.PANIC)
+    av.logging.set_level(av.logging.VERBOSE if verbose else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,15 @@ def test_train_eval_detect_end_to_end(tiny_data, tmp_path, capsys):
     assert set(result["overall"]) == {"clip", "visual", "audio"}
     assert result["videos"] == len(result["videos_scored"]) > 0
     assert (out / "roc-test.png").stat().st_size > 1000
+    # video level: every 0.06 s window of the 0.5 s videos, averaged per video (or the first window only)
+    windows = int(table.split(" videos (")[1].split()[0])
+    assert result["data"]["windows"] == "all" and windows >= 8 * result["videos"]
+    first_only = ["--windows", "first", "--out", str(tmp_path / "first"), "--no-plot"]
+    assert main(["eval", str(out / "best.safetensors"), "--no-progress", "--backend", "torch", *first_only]) == 0
+    assert f"{result['videos']} videos ({result['videos']} windows, first)" in capsys.readouterr().out
+    first = json.loads((tmp_path / "first" / "eval-test.json").read_text())
+    assert [v["path"] for v in first["videos_scored"]] == [v["path"] for v in result["videos_scored"]]
+    assert [v["clip"] for v in first["videos_scored"]] != [v["clip"] for v in result["videos_scored"]]
 
     videos = sorted(tiny_data.rglob("*.mp4"))[:2]
     broken = tmp_path / "broken.mp4"
@@ -86,3 +95,16 @@ def test_every_command_reports_named_errors_in_one_line(tmp_path, capsys):
     assert main(["splits", "--data", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing" in err and "Traceback" not in err
+
+
+def test_the_cli_leaves_pyav_logging_off(tmp_path, capsys):
+    """A PyAV log level installs a callback that takes the GIL from FFmpeg's decoder threads; it
+    deadlocked seeking decodes, so the CLI keeps PyAV's default (None) unless --verbose."""
+    import av.logging
+
+    av.logging.set_level(av.logging.WARNING)
+    try:
+        main(["splits", "--data", str(tmp_path / "missing")])
+        assert av.logging.get_level() is None
+    finally:
+        av.logging.set_level(None)

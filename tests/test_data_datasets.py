@@ -295,3 +295,20 @@ def test_clip_dataset_reads_and_skips_bad_files(tmp_path, video):
     loader = torch.utils.data.DataLoader(skipping, batch_size=2, collate_fn=collate_clips)
     sizes = [b["video"].shape[0] if "video" in b else 0 for b in loader]
     assert sizes == [1]
+
+
+def test_clip_dataset_windows_cover_the_file_and_share_its_path(tmp_path, video):
+    """With a hop: windows 0, hop, ... of the 1 s file, each item one window of it; a bad file is one
+    skipped item (or, with on_error="raise", an error at construction)."""
+    record = ClipRecord(str(video), 1, 1, 0, "FVRA", "faceswap", "a")
+    windows = ClipDataset([record], SPEC, hop=0.5)
+    assert [start for _, start in windows.windows] == [0.0, 0.5]
+    items = [windows[0], windows[1]]
+    assert [i["start"] for i in items] == [0.0, 0.5] and {i["path"] for i in items} == {str(video)}
+    assert not torch.equal(items[0]["video"], items[1]["video"])  # grey levels rise frame by frame
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    bad_record = ClipRecord(str(bad), 0, 0, 0, "RVRA", "real", "b")
+    assert "skipped" in ClipDataset([bad_record], SPEC, on_error="skip", hop=0.5)[0]
+    with pytest.raises(MediaDecodeError):
+        ClipDataset([bad_record], SPEC, hop=0.5)

@@ -3,8 +3,9 @@
 The data defaults to what the checkpoint was trained on: its data, its split file and fold (or identity
 fractions), its silence-cue option; ``--subset`` picks train / val / test (default) / all of it. A split
 file (``--split``) other than the one the checkpoint was trained on is refused (``--allow-other-split``).
-``--test-methods`` keeps the real videos and the fakes of those methods only (cross-manipulation: train
-with ``--train-methods A B``, test on unseen ``--test-methods C``).
+Scores are per video: the mean over every clip-length window of the video (``--windows first``: the
+first window only). ``--test-methods`` keeps the real videos and the fakes of those methods only
+(cross-manipulation: train with ``--train-methods A B``, test on unseen ``--test-methods C``).
 Writes a table to the terminal, ``<out>/eval-<subset>.json`` (metrics and per-video scores) and
 ``<out>/roc-<subset>.png``; ``<out>`` defaults to the checkpoint's folder.
 
@@ -75,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--train-methods", nargs="+", default=None, metavar="METHOD",
         help="record the methods trained on (default: the checkpoint's); with --test-methods, refuse overlaps",
+    )  # fmt: skip
+    parser.add_argument(
+        "--windows", choices=["all", "first"], default="all",
+        help="score every clip-length window of each video and average them per video, or the first only",
     )  # fmt: skip
     parser.add_argument("--faces", default=None, help="face crops (default: as in training)")
     parser.add_argument("--threshold", type=float, default=0.5, help="fixed decision threshold for ACC")
@@ -197,7 +202,9 @@ def _evaluate_checkpoint(checkpoint_path: str, args: argparse.Namespace, device,
     names = _subsets(args.subset)
     methods = dict.fromkeys(names, args.test_methods)
     progress = not args.no_progress
-    datasets = split_datasets(source, spec, names, methods, "no", args.workers, progress, silence_cue)
+    datasets = split_datasets(
+        source, spec, names, methods, "no", args.workers, progress, silence_cue, all_windows=args.windows == "all"
+    )
     parts = [predict(model, datasets[n], args.batch_size, device, amp, args.workers, progress) for n in names]
     extra = {"checkpoint": str(checkpoint_path), "train_methods": train_methods}
     return _finish(parts, source, silence_cue, args, out, checkpoint_path, extra)
@@ -209,6 +216,7 @@ def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, e
     from avfused.evaluate import HEADS, format_table, report, save_roc_plot, video_level
 
     heads = heads or HEADS
+    windows = "first" if args.baseline else args.windows  # the silence cue lives in a video's first window
     predictions = parts[0]
     for part in parts[1:]:
         predictions = _concat(predictions, part)
@@ -221,12 +229,15 @@ def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, e
             **extra,
             "split_sha256": source.split_sha256,
             "fold": source.fold,
-            "data": {**source.to_dict(), "subset": args.subset, "silence_cue": silence_cue},
+            "data": {**source.to_dict(), "subset": args.subset, "silence_cue": silence_cue, "windows": windows},
             "test_methods": args.test_methods,
             "videos_scored": videos.to_rows(),
         }
     )
-    print(f"{name}: {len(videos)} videos, {_describe(source, args.subset, silence_cue)}")
+    print(
+        f"{name}: {len(videos)} videos ({len(predictions)} windows, {windows}), "
+        f"{_describe(source, args.subset, silence_cue)}"
+    )
     print(format_table(result, heads))
     out.mkdir(parents=True, exist_ok=True)
     stem = f"baseline-silence-{args.subset}" if args.baseline else f"eval-{args.subset}"

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from avfused.data.decode import VIDEO_EXTENSIONS, ClipSpec, read_clip
+from avfused.data.decode import VIDEO_EXTENSIONS, ClipSpec, probe, read_clip, window_starts
 from avfused.errors import ConfigError, DataError, MediaNotFoundError, MetadataError
 
 log = logging.getLogger(__name__)
@@ -419,28 +419,51 @@ def records_fingerprint(records: Sequence[ClipRecord]) -> str:
 
 
 class ClipDataset(Dataset):
-    """Decode each record's clip on access (see the module docstring for the item layout)."""
+    """Decode windows of the records' files on access (see the module docstring for the item layout).
+
+    By default one window per record, at ``start``. With ``hop``: every window of ``spec.seconds``
+    starting 0, hop, 2 hop ... and one aligned to the end (as ``iter_windows``), from each file's
+    duration in its headers; items of one file share its path, so scores can be pooled per video.
+    """
 
     def __init__(
-        self, records: Sequence[ClipRecord], spec: ClipSpec | None = None, start: float = 0.0, on_error: str = "raise"
+        self,
+        records: Sequence[ClipRecord],
+        spec: ClipSpec | None = None,
+        start: float = 0.0,
+        on_error: str = "raise",
+        hop: float | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.records, self.spec, self.start, self.on_error = list(records), spec or ClipSpec(), start, on_error
+        self.records, self.spec, self.on_error = list(records), spec or ClipSpec(), on_error
+        if hop is None:
+            self.windows = [(record, start) for record in self.records]
+        else:
+            self.windows = [(record, s) for record in self.records for s in self._starts(record, hop)]
+
+    def _starts(self, record: ClipRecord, hop: float) -> list[float]:
+        try:
+            info = probe(record.path)
+        except DataError:
+            if self.on_error == "raise":
+                raise
+            return [0.0]  # reading it fails again at access, where it is reported and skipped
+        return window_starts(info.duration, self.spec.seconds, hop, slack=1.0 / info.fps)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.windows)
 
     def __getitem__(self, index: int) -> dict | None:
-        record = self.records[index]
+        record, start = self.windows[index]
         try:
-            clip = read_clip(record.path, self.spec, start=self.start)
+            clip = read_clip(record.path, self.spec, start=start)
         except DataError as error:
             if self.on_error == "raise":
                 raise
             log.warning("skipped %s", error)
             return {"skipped": str(error), "path": record.path}
-        return clip_item(record, clip.video, clip.audio, self.start, self.spec.seconds)
+        return clip_item(record, clip.video, clip.audio, start, self.spec.seconds)
 
 
 def clip_item(record: ClipRecord, video: torch.Tensor, audio: torch.Tensor, start: float, seconds: float) -> dict:

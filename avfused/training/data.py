@@ -247,6 +247,7 @@ def split_datasets(
     progress: bool = True,
     silence_cue: str = "keep",
     train_seed: int | None = None,
+    all_windows: bool = False,
 ) -> dict[str, Dataset]:
     """The datasets of ``splits`` (fakes restricted to ``methods[split]`` when given).
 
@@ -254,6 +255,8 @@ def split_datasets(
     up front when the decoded clips fit in MEMORY_LIMIT. A cache is read from its shards as it is.
     ``silence_cue``: "keep", or "trim" / "jitter" (SilenceCueRemoved); the train split's jitter is drawn
     per (train_seed, epoch, index) when ``train_seed`` is given (training), every other one per file.
+    ``all_windows``: every window of spec.seconds of each video (back to back, the last aligned to the
+    end) instead of the first one; a cache serves the windows it was prepared with either way.
     """
     methods = methods or {}
     if in_memory not in ("auto", "yes", "no"):
@@ -275,8 +278,8 @@ def split_datasets(
     by_split = source.records()
     for name in splits:
         chosen = select_records(by_split[name], methods.get(name))
-        dataset = ClipDataset(chosen, spec, on_error="skip")
-        keep = in_memory == "yes" or (in_memory == "auto" and len(chosen) * _clip_bytes(spec) <= MEMORY_LIMIT)
+        dataset = ClipDataset(chosen, spec, on_error="skip", hop=spec.seconds if all_windows else None)
+        keep = in_memory == "yes" or (in_memory == "auto" and len(dataset) * _clip_bytes(spec) <= MEMORY_LIMIT)
         dataset = MemoryClips(dataset, workers, f"decoding {name}", progress) if keep else dataset
         out[name] = _without_silence_cue(dataset, name, silence_cue, spec, train_seed, source.path)
     return out
