@@ -63,6 +63,19 @@ class Predictions:
             {head: values[rows] for head, values in self.scores.items()},
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[Predictions]) -> Predictions:
+        """The rows of ``parts`` one after the other (they have the same heads)."""
+        return cls(
+            [path for part in parts for path in part.path],
+            [category for part in parts for category in part.category],
+            [method for part in parts for method in part.method],
+            np.concatenate([part.label for part in parts]),
+            np.concatenate([part.visual_label for part in parts]),
+            np.concatenate([part.audio_label for part in parts]),
+            {head: np.concatenate([part.scores[head] for part in parts]) for head in parts[0].scores},
+        )
+
     def to_rows(self) -> list[dict]:
         return [
             {
@@ -76,6 +89,13 @@ class Predictions:
             }
             for i in range(len(self))
         ]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``name`` as a device; "auto" is the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def autocast(device: torch.device, amp: bool):
@@ -209,25 +229,28 @@ def _cell(value: float) -> str:
     return "   -  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:6.4f}"
 
 
+def table_groups(result: dict) -> list[tuple[str, dict]]:
+    """The rows of a report's table in order: ("all", per-head), then each category, then each method
+    (the real videos once, as a category)."""
+    groups = [("all", result["overall"])]
+    for kind in ("category", "method"):
+        groups += [(f"{kind} {name}", per_head) for name, per_head in result[kind].items()
+                   if not (kind == "method" and name == "real")]  # fmt: skip
+    return groups
+
+
 def format_table(result: dict, heads: Sequence[str] = HEADS) -> str:
     """A plain-text table: one row per (group, head), columns n / real / fake / ACC / AUC / EER / AP."""
     columns = f"{'head':<7s} {'n':>6s} {'real':>6s} {'fake':>6s}   ACC     AUC     EER     AP"
     lines = [f"{'group':<{GROUP_WIDTH}s} {columns}"]
     lines.append("-" * len(lines[0]))
 
-    def add(group: str, per_head: dict) -> None:
+    for group, per_head in table_groups(result):
         for head in heads:
             m = per_head[head]
             cells = " ".join(_cell(m[k]) for k in METRIC_NAMES)
             counts = f"{m['n']:>6d} {m['real']:>6d} {m['fake']:>6d}"
             lines.append(f"{group[:GROUP_WIDTH]:<{GROUP_WIDTH}s} {head:<7s} {counts}  {cells}")
-
-    add("all", result["overall"])
-    for kind in ("category", "method"):
-        for name, per_head in result[kind].items():
-            if kind == "method" and name == "real":
-                continue  # already listed as a category
-            add(f"{kind} {name}", per_head)
     return "\n".join(lines)
 
 

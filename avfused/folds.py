@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from avfused.evaluate import GROUP_WIDTH, METRIC_NAMES
+from avfused.evaluate import GROUP_WIDTH, METRIC_NAMES, table_groups
 
 
 def _stats(values: Sequence[float | None]) -> dict:
@@ -60,16 +60,9 @@ def format_mean_std_table(aggregate: dict) -> str:
     header = f"{'group':<{GROUP_WIDTH}s} {'head':<7s} {'folds':>5s} {metric_columns}"
     lines = [header, "-" * len(header)]
 
-    def add(group: str, per_head: dict) -> None:
+    for group, per_head in table_groups(aggregate):
         for head, stats in per_head.items():
             folds = max(s["folds"] for s in stats.values())
             cells = " ".join(_cell(stats[m]) for m in METRIC_NAMES)
             lines.append(f"{group[:GROUP_WIDTH]:<{GROUP_WIDTH}s} {head:<7s} {folds:>5d} {cells}")
-
-    add("all", aggregate["overall"])
-    for kind in ("category", "method"):
-        for name, per_head in aggregate[kind].items():
-            if kind == "method" and name == "real":
-                continue  # already listed as a category
-            add(f"{kind} {name}", per_head)
     return "\n".join(lines)

@@ -10,6 +10,7 @@ missing, so a category holding only fakes still reports its accuracy.
     average_precision(...)      -> AP: sum over thresholds of (R_n - R_{n-1}) * P_n
     accuracy(..., threshold)    -> share of clips with (score >= threshold) == label
     summarize(labels, scores)   -> dict of all of them plus counts
+    json_safe(value)            -> the value with NaN / inf (undefined metrics) as None, for standard JSON
 """
 
 from __future__ import annotations
@@ -115,3 +116,14 @@ def summarize(labels: object, scores: object, threshold: float = DEFAULT_THRESHO
         "eer": equal_error_rate(y, s),
         "ap": average_precision(y, s),
     }
+
+
+def json_safe(value: object) -> object:
+    """Floats that JSON cannot hold (NaN, inf: a metric undefined for a one-class group) become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

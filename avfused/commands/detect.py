@@ -41,19 +41,15 @@ def _line(result, threshold: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from avfused.checkpoint import load_checkpoint, load_model
     from avfused.data.decode import ClipSpec
     from avfused.detect import detect_file
+    from avfused.evaluate import resolve_device
     from avfused.training.threads import set_threads
 
     set_threads(args.threads)
     checkpoint = load_checkpoint(args.checkpoint)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.backend, device)
     faces = args.faces or (checkpoint.state.get("data") or {}).get("faces", "none")
     spec = ClipSpec.from_config(checkpoint.config, faces=faces)

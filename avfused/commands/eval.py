@@ -125,9 +125,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _device(args: argparse.Namespace):
-    import torch
+    from avfused.evaluate import resolve_device
 
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     return device, args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
 
 
@@ -213,13 +213,12 @@ def _evaluate_checkpoint(checkpoint_path: str, args: argparse.Namespace, device,
 def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, extra: dict, heads=None) -> dict:
     """Pool the parts per video, print the table under its header, write the JSON (and ROC PNG)."""
     from avfused.errors import ConfigError
-    from avfused.evaluate import HEADS, format_table, report, save_roc_plot, video_level
+    from avfused.evaluate import HEADS, Predictions, format_table, report, save_roc_plot, video_level
+    from avfused.metrics import json_safe
 
     heads = heads or HEADS
     windows = "first" if args.baseline else args.windows  # the silence cue lives in a video's first window
-    predictions = parts[0]
-    for part in parts[1:]:
-        predictions = _concat(predictions, part)
+    predictions = Predictions.concat(parts)
     if len(predictions) == 0:
         raise ConfigError(f"no readable clips in the {args.subset} part of {source.path}")
     videos = video_level(predictions)
@@ -242,7 +241,7 @@ def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, e
     out.mkdir(parents=True, exist_ok=True)
     stem = f"baseline-silence-{args.subset}" if args.baseline else f"eval-{args.subset}"
     json_path = out / f"{stem}.json"
-    json_path.write_text(json.dumps(_finite(result), indent=2))
+    json_path.write_text(json.dumps(json_safe(result), indent=2))
     print(f"wrote {json_path}")
     if not args.no_plot:
         png = out / f"roc-{args.subset}.png" if not args.baseline else out / f"{stem}.png"
@@ -257,6 +256,7 @@ def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, e
 def _report_folds(results: list[dict], args: argparse.Namespace) -> None:
     """Print the mean ± std table over the checkpoints' folds and write every result beside it."""
     from avfused.folds import aggregate_folds, format_mean_std_table
+    from avfused.metrics import json_safe
 
     aggregate = aggregate_folds(results)
     shas = sorted({r["split_sha256"] or "none" for r in results})
@@ -270,7 +270,7 @@ def _report_folds(results: list[dict], args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"eval-folds-{args.subset}.json"
     summary = {"split_sha256": shas, "checkpoints": checkpoints, "mean_std": aggregate, "folds": results}
-    path.write_text(json.dumps(_finite(summary), indent=2))
+    path.write_text(json.dumps(json_safe(summary), indent=2))
     print(f"wrote {path}")
 
 
@@ -307,32 +307,3 @@ def _run_baseline(args: argparse.Namespace) -> int:
     extra = {"baseline": "silence", "clip_seconds": args.clip_seconds}
     _finish(parts, source, silence_cue, args, out, "silence baseline", extra, heads=("clip",))
     return 0
-
-
-def _concat(a, b):
-    import numpy as np
-
-    from avfused.evaluate import Predictions
-
-    return Predictions(
-        a.path + b.path,
-        a.category + b.category,
-        a.method + b.method,
-        np.concatenate([a.label, b.label]),
-        np.concatenate([a.visual_label, b.visual_label]),
-        np.concatenate([a.audio_label, b.audio_label]),
-        {h: np.concatenate([a.scores[h], b.scores[h]]) for h in a.scores},
-    )
-
-
-def _finite(value):
-    """NaN (a metric undefined for a one-class group) -> None, so the JSON is standard."""
-    import math
-
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from avfused.data.datasets import ClipDataset, ClipRecord, load_records, split_by_identity
 from avfused.data.decode import ClipSpec
+from avfused.data.features import fit_length
 from avfused.errors import ConfigError, SplitMismatchError
 from avfused.protocols import load_split, records_named, remove_silence_cue
 from avfused.protocols.splits import relative_path
@@ -164,13 +165,6 @@ class MemoryClips(Dataset):
 JITTER_STREAM = 1
 
 
-def _fit_length(audio: torch.Tensor, length: int) -> torch.Tensor:
-    """Cut the end off, or zero-pad it, to ``length`` samples."""
-    if audio.shape[-1] >= length:
-        return audio[..., :length]
-    return torch.nn.functional.pad(audio, (0, length - audio.shape[-1]))
-
-
 class SilenceCueRemoved(Dataset):
     """Items of ``base`` with the leading-silence cue removed from their audio, kept at the clip's length.
 
@@ -204,9 +198,9 @@ class SilenceCueRemoved(Dataset):
         item = self.base[index]
         if "skipped" in item:
             return item
-        audio = item["audio"]
+        audio = item["audio"].numpy()
         cleaned = remove_silence_cue(audio, self.sample_rate, self.mode, rng=self._rng(index, item))
-        return {**item, "audio": _fit_length(cleaned, audio.shape[-1])}
+        return {**item, "audio": torch.from_numpy(fit_length(cleaned, audio.shape[-1]))}
 
 
 # estimated bytes of decoded clips kept in memory before "auto" stops decoding everything up front

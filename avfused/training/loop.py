@@ -36,6 +36,7 @@ from avfused.config import ModelConfig
 from avfused.data.datasets import collate_clips
 from avfused.errors import CheckpointError, ConfigError
 from avfused.evaluate import HEADS, autocast, predict, report
+from avfused.metrics import json_safe
 from avfused.model import SingleStreamNet
 from avfused.training.augment import AugmentConfig, AugmentedDataset
 from avfused.training.distributed import Context, EpochSampler, convert_batchnorm, unwrap
@@ -119,17 +120,6 @@ def _set_rng_state(state: dict, tensors: dict[str, torch.Tensor]) -> None:
         torch.set_rng_state(tensors["rng_torch"])
     if "rng_cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng_cuda"])
-
-
-def _jsonable(value: object) -> object:
-    """Floats that JSON cannot hold (NaN, inf) become None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 class Trainer:
@@ -222,7 +212,7 @@ class Trainer:
             self.model_config,
             unwrap(self.model).state_dict(),
             self.optimizer.state_dict(),
-            _jsonable(self._state(rng_state)),
+            json_safe(self._state(rng_state)),
             rng_tensors,
         )
 
@@ -310,7 +300,7 @@ class Trainer:
         if self.context.is_main:
             row.update(self._validate())
         self.context.barrier()
-        self.history.append(_jsonable(row))
+        self.history.append(json_safe(row))
         auc, acc = row.get("val_clip_auc"), row.get("val_clip_acc")
         # validation clip AUC, then ACC; a later epoch wins a tie. Without a val set: the training loss.
         score = [auc, acc or 0.0] if auc is not None and math.isfinite(auc) else [-row["loss"]]
