@@ -115,9 +115,7 @@ def _require(module: str, extra: str = "export") -> None:
         raise ExportError(f"{module} is not installed ({exc}); pip install 'avfused[{extra}]'") from None
 
 
-def export_model(
-    model: nn.Module, path: str | os.PathLike, format: str = "onnx", batch: int = 2
-) -> Path:
+def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx", batch: int = 2) -> Path:
     """Write ``model`` (a SingleStreamNet) to ``path`` as ONNX or a torch.export program; see the module
     docstring for the inputs, outputs and checks. ``batch``: the example batch traced (any B runs later)."""
     if format not in FORMATS:
@@ -181,9 +179,7 @@ def check_export(path: str | os.PathLike, model: nn.Module, batch: int = 3) -> f
     with torch.no_grad():
         expected = deployable(video, audio)
     got = run_exported(path, video, audio)
-    difference = max(
-        float(np.abs(got[head] - getattr(expected, head).numpy()).max()) for head in HEADS
-    )
+    difference = max(float(np.abs(got[head] - getattr(expected, head).numpy()).max()) for head in HEADS)
     if not difference <= TOLERANCE:
         raise ExportError(f"{path}: its logits differ from the model's by {difference:.3g} (> {TOLERANCE})")
     return difference

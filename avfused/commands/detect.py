@@ -1,8 +1,10 @@
 """``avfused detect CKPT VIDEO...``: fake probabilities of the clip, visual and audio heads for each file.
 
 Long videos are scored in sliding windows of the model's clip length (``--hop`` seconds apart) and the
-windows aggregated (``--aggregate mean|max``). A file that cannot be read prints one line with the
-reason; the other files go on, and the exit status is 1.
+windows aggregated (``--aggregate mean|max``). A file is FAKE when its clip score reaches the threshold: by
+default the one calibrated on the validation split in training (stored in the checkpoint; see
+avfused.calibration), else 0.5 with a note; ``--threshold`` overrides it. A file that cannot be read prints
+one line with the reason; the other files go on, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, mkv, webm, avi, ...)")
     parser.add_argument("--hop", type=float, default=None, help="seconds between window starts (default: one window)")
     parser.add_argument("--aggregate", choices=["mean", "max"], default="mean", help="how windows combine per file")
-    parser.add_argument("--threshold", type=float, default=0.5, help="probability at or above which a file is FAKE")
+    parser.add_argument(
+        "--threshold", type=float, default=None,
+        help="clip probability at or above which a file is FAKE (default: the checkpoint's calibrated one, else 0.5)",
+    )  # fmt: skip
     parser.add_argument("--faces", default=None, help="face crops: none, auto, haar, skin (default: as trained)")
     parser.add_argument("--windows", action="store_true", help="also print every window's scores")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -41,6 +46,7 @@ def _line(result, threshold: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from avfused.calibration import Decision, decision_threshold
     from avfused.checkpoint import load_checkpoint, load_model
     from avfused.data.decode import ClipSpec
     from avfused.detect import detect_file
@@ -53,6 +59,13 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, args.backend, device)
     faces = args.faces or (checkpoint.state.get("data") or {}).get("faces", "none")
     spec = ClipSpec.from_config(checkpoint.config, faces=faces)
+    decision = decision_threshold(checkpoint)
+    if args.threshold is not None:
+        decision = Decision(args.threshold, "given with --threshold", False)
+    if not args.json:
+        print(f"threshold {decision.threshold:.4f}: {decision.source}")
+    elif not decision.calibrated and args.threshold is None:
+        print(f"note: threshold {decision.threshold}: {decision.source}", file=sys.stderr)
     results, failed = [], 0
     for path in args.videos:
         amp = device.type == "cuda"
@@ -63,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {result.error}", file=sys.stderr)
             continue
         if not args.json:
-            print(_line(result, args.threshold))
+            print(_line(result, decision.threshold))
             if args.windows:
                 for w in result.windows:
                     scores = f"clip {w.clip:.4f}  visual {w.visual:.4f}  audio {w.audio:.4f}"
@@ -71,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         document = {
             "checkpoint": str(args.checkpoint),
-            "threshold": args.threshold,
+            "threshold": decision.threshold,
+            "threshold_source": decision.source,
             "aggregate": args.aggregate,
             "files": [r.to_dict() for r in results],
         }
