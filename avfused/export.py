@@ -13,12 +13,14 @@ ModelConfig and the batch B dynamic (>= 1, any size, whatever ``batch`` was trac
     onnx   clip_logits, visual_logits, audio_logits (B, 2), and inputs_finite (B,) bool
 
 Input checks where the format allows them:
-    torch  T, 3, H, W and S are checked by the program's own guards (AssertionError "Guard failed: ...");
-           NaN or inf in an input raises RuntimeError "video holds NaN or infinite values" (an assertion
-           kept in the graph). Not checked: the dtype (a float64 batch runs in float64).
-    onnx   shapes and dtype are checked by the runtime (onnxruntime: InvalidArgument). ONNX has no
-           assertion operator, so a non-finite input cannot raise: ``inputs_finite`` is False for every
-           clip whose video or audio holds NaN or inf, and that clip's logits mean nothing.
+    torch  T, 3, H, W, S and equal batches are checked by the program's own guards (AssertionError "Guard
+           failed: ..."); NaN or inf in an input raises RuntimeError "video holds NaN or infinite values" (an
+           assertion kept in the graph). Not named: another dtype or an empty batch fail inside the graph
+           (RuntimeError "expected scalar type ...", "cannot reshape tensor of 0 elements ...").
+    onnx   shapes and dtype are checked by the runtime (onnxruntime: InvalidArgument, or Fail for unequal
+           batches). ONNX has no assertion operator, so a non-finite input cannot raise: ``inputs_finite``
+           is False for every clip whose video or audio holds NaN or inf, and that clip's logits mean
+           nothing. An empty batch gives empty outputs.
 """
 
 from __future__ import annotations
