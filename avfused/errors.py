@@ -25,8 +25,8 @@ class InputShapeError(InputError):
     """A tensor has the right rank but a wrong size (channels, frames, samples, pixels)."""
 
 
-class EmptyBatchError(InputError):
-    """A batch with zero clips was given."""
+class EmptyBatchError(InputShapeError):
+    """A batch with zero clips (or images) was given: a size of zero where one is needed."""
 
 
 class NonFiniteInputError(InputError):

@@ -31,9 +31,8 @@ OPS = ("audio_frontend_stem", "joint_token_attention", "large_kernel_attention",
 MODEL = "model"
 SUBJECTS = OPS + (MODEL,)
 MODES = ("inference", "forward", "forward_backward", "train_step")
-TRAINING_MODES = MODES[1:]
 
-LEARNING_RATE, WEIGHT_DECAY, LABEL_SMOOTHING = 5e-4, 0.01, 0.1  # DESIGN.md's training recipe
+LEARNING_RATE, WEIGHT_DECAY, LABEL_SMOOTHING = 5e-4, 0.01, 0.1  # docs/design.md, section 1
 
 DATA, ACTIVATION, PARAMETER = "data", "activation", "parameter"  # roles of an op's arguments
 

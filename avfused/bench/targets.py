@@ -1,4 +1,4 @@
-"""The performance targets of issue 5, checked against a run's rows; reported whether met or not.
+"""The performance targets (README, Benchmarks), checked against a run's rows; reported whether met or not.
 
 evaluate_targets(rows, device_type) -> [TargetResult]: one line per target and fused backend measured
 (a target with no fused row says "not measured" and why).

@@ -8,6 +8,8 @@ import platform
 
 import torch
 
+from avfused.backends import DESCRIPTIONS
+
 HELP = "print versions, devices, available backends and parameter counts"
 
 
@@ -47,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print("versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in report["versions"].items()))
     print("devices:  " + ", ".join(report["devices"]))
+    print("backends:")
+    for name, what in DESCRIPTIONS.items():
+        print(f"  {name:7s} {what}")
     for device, status in report["backends"].items():
         print(f"backends on {device}:")
         for name, reason in status.items():

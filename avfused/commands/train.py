@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--backend", default="auto", help="kernels: auto, torch, triton, cuda")
     model.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
 
-    recipe = parser.add_argument_group("recipe (DESIGN.md section 1)")
+    recipe = parser.add_argument_group("recipe (docs/design.md, section 1)")
     recipe.add_argument(
         "--epochs", type=int, default=None, help=f"epochs (default: {RECIPE['epochs']}; demo {DEMO['epochs']})"
     )

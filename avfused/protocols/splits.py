@@ -27,8 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from avfused.data.fakeavceleb import type_code
 from avfused.errors import DataError, SplitNamesMissingError
-from avfused.protocols.fakeavceleb import type_code
 
 FORMAT = "avfused-split/1"
 PROTOCOLS = ("kfold", "70-30", "leave-one-type-out")

@@ -35,8 +35,6 @@ from avfused.protocols.splits import relative_path
 
 log = logging.getLogger("avfused")
 
-META_KEYS = ("category", "method", "identity", "path", "start")
-
 
 # a split file's fold names train and test files; validation is carved from the fold's train identities
 FOLD_VAL_FRACTIONS = (0.85, 0.15, 0.0)

@@ -50,7 +50,7 @@ LAST, BEST = "last.safetensors", "best.safetensors"
 
 @dataclass
 class TrainConfig:
-    """The recipe (DESIGN.md section 1) and the run's bookkeeping."""
+    """The recipe (docs/design.md, section 1) and the run's bookkeeping."""
 
     epochs: int = 10
     batch_size: int = 16  # global: split evenly over the processes
