@@ -5,14 +5,15 @@ Backends: ``torch`` (the pure-PyTorch reference in ``avfused.reference``, always
 tensors it runs its C++ half, a fused path for CPU inference, shown as ``cpp`` in the benchmarks).
 
 Every fused op has one module, ``avfused.ops.<op>``, named as the reference function it implements,
-whose ``triton`` and ``ext`` functions are the two fused backends (same signature as the reference).
-An op without such a module, or a backend the module lacks, runs on the reference (logged once).
+whose ``triton`` and ``ext`` functions are the two fused backends (same signature as the reference);
+its ``EXT_DEVICES`` says where the extension has kernels for it.
 
-Choice: ``backend=`` on a module or model, else the ``AVFUSED_BACKEND`` environment variable, else
-``auto``. A forced backend that cannot run raises BackendUnavailableError saying why and how to get
-it. ``auto`` takes, in order, cuda then triton on a GPU, and cuda (its C++ CPU part) on the CPU for
-inference, but the reference for training on the CPU (a module in train mode under autograd; see
-_AUTO_ORDER_TRAINING); it falls back to the reference and says so once in the log. The Triton interpreter
+Choice, per call and per op: ``backend=`` on a module or model, else the ``AVFUSED_BACKEND``
+environment variable, else ``auto``. A forced backend that cannot run on the device, or has no kernel
+for the op there, raises BackendUnavailableError saying why and how to get it. ``auto`` sends each op to
+the first backend that implements it on that device: cuda then triton on a GPU, cuda (its C++ CPU part)
+on the CPU for inference, the reference for training on the CPU (a module in train mode under autograd;
+see _AUTO_ORDER_TRAINING); else the reference. Each op's choice is logged once. The Triton interpreter
 (TRITON_INTERPRET=1) runs Triton on CPU tensors, but only when triton is forced: it is for tests.
 """
 
@@ -32,6 +33,7 @@ from avfused.errors import BackendUnavailableError, UnknownBackendError
 log = logging.getLogger("avfused")
 
 BACKENDS = ("torch", "triton", "cuda")
+FUSED_OPS = ("audio_frontend_stem", "joint_token_attention", "large_kernel_attention", "conv_mlp")
 ALIASES = {"ext": "cuda"}  # the extension's neutral name: its CPU half is C++, not CUDA
 DESCRIPTIONS = {
     "torch": "the pure-PyTorch reference",
@@ -129,18 +131,25 @@ def requested_backend(argument: str | None = None) -> str:
     return "auto"
 
 
+def _forced(wanted: str, device: torch.device) -> str:
+    reason = unavailable_reason(wanted, device)
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"backend {wanted!r} was forced but cannot run on {device.type}: {reason}. "
+            f"{_how_to_get(wanted)} Or use backend='auto' / unset {ENV_VAR} to fall back to 'torch'."
+        )
+    return wanted
+
+
 def resolve_backend(argument: str | None, device: torch.device | str, training: bool = False) -> str:
-    """The concrete backend for one call on ``device`` (``training``: a backward will follow)."""
+    """The backend ``auto`` (or the forced one) stands for on ``device``, whatever the op.
+
+    ``resolve_op_backend`` is the per-op choice that calls use.
+    """
     device = torch.device(device)
     wanted = requested_backend(argument)
     if wanted != "auto":
-        reason = unavailable_reason(wanted, device)
-        if reason is not None:
-            raise BackendUnavailableError(
-                f"backend {wanted!r} was forced but cannot run on {device.type}: {reason}. "
-                f"{_how_to_get(wanted)} Or use backend='auto' / unset {ENV_VAR} to fall back to 'torch'."
-            )
-        return wanted
+        return _forced(wanted, device)
     order = _AUTO_ORDER_TRAINING if training else _AUTO_ORDER
     for name in order.get(device.type, ()):
         if unavailable_reason(name, device) is None:
@@ -157,6 +166,55 @@ def resolve_backend(argument: str | None, device: torch.device | str, training: 
         ("fallback", device.type), "avfused: no fused backend for %s tensors; using the torch reference", device.type
     )
     return "torch"
+
+
+def implements(name: str, op: str, device_type: str) -> bool:
+    """True when backend ``name`` has a kernel for ``op`` on ``device_type`` tensors."""
+    if name == "torch":
+        return True
+    module = op_module(op)
+    if module is None:
+        return False
+    if name == "triton":
+        return hasattr(module, "triton")
+    return device_type in getattr(module, "EXT_DEVICES", ())
+
+
+def _auto_choice(op: str, device: torch.device, training: bool) -> str | None:
+    """auto's first backend that runs on ``device`` and implements ``op`` there; None when there is none."""
+    for name in (_AUTO_ORDER_TRAINING if training else _AUTO_ORDER).get(device.type, ()):
+        if unavailable_reason(name, device) is None and implements(name, op, device.type):
+            return name
+    return None
+
+
+def resolve_op_backend(op: str, argument: str | None, device: torch.device | str, training: bool = False) -> str:
+    """The backend that runs ``op`` on ``device``: the forced one, or auto's first that implements the op there."""
+    device = torch.device(device)
+    wanted = requested_backend(argument)
+    if wanted != "auto":
+        _forced(wanted, device)
+        if not implements(wanted, op, device.type):
+            raise BackendUnavailableError(
+                f"backend {wanted!r} was forced but has no kernel for {op} on {device.type} tensors. "
+                "Use backend='auto' to run each op on the first backend that has it there."
+            )
+        return wanted
+    name = _auto_choice(op, device, training)
+    if name is None:
+        if resolve_backend("auto", device, training) != "torch":  # a fused backend runs here, but not this op
+            log_once(("no kernel", op, device.type), "avfused: no fused kernel for %s on %s tensors; using the "
+                     "torch reference", op, device.type)
+        return "torch"
+    log_once(("auto", op, device.type, training), "avfused: %s on %s tensors%s runs on %s", op, device.type,
+             " (training)" if training else "", name)
+    return name
+
+
+def op_backends(device: torch.device | str, training: bool = False) -> dict[str, str]:
+    """Each fused op mapped to the backend ``auto`` runs it on, on ``device`` (inference, or ``training``)."""
+    device = torch.device(device)
+    return {op: _auto_choice(op, device, training) or "torch" for op in FUSED_OPS}
 
 
 def _how_to_get(name: str) -> str:
@@ -183,15 +241,10 @@ def op_module(op: str):
 
 def get_op(op: str, argument: str | None, device: torch.device | str, training: bool = False) -> Callable:
     """The function computing reference op ``op`` with the backend resolved for ``device`` (and ``training``)."""
-    name = resolve_backend(argument, device, training)
+    name = resolve_op_backend(op, argument, device, training)
     if name == "torch":
         return getattr(reference, op)
-    module = op_module(op)
-    fn = getattr(module, _OP_FUNCTION[name], None) if module is not None else None
-    if fn is None:
-        log_once(("missing", name, op), "avfused: backend %r has no %s; using the torch reference", name, op)
-        fn = getattr(reference, op)
-    return fn
+    return getattr(op_module(op), _OP_FUNCTION[name])
 
 
 def module_op(op: str, module: torch.nn.Module, device: torch.device) -> Callable:

@@ -34,6 +34,8 @@ class Settings:
     subjects: Sequence[str] = SUBJECTS
     modes: Sequence[str] = MODES
     batch_sizes: Sequence[int] = (1, 4)
+    train_batch: int | None = None  # the training modes' batch (None: the largest of batch_sizes)
+    amp: torch.dtype | None = None  # autocast dtype of the model cases (the ops get activations in it)
     variants: Sequence[str] = VARIANTS
     compile_skipped: str | None = None  # why torch.compile is not measured (None: it is)
     warmup: int = 2
@@ -74,6 +76,10 @@ class Row:
     def key(self) -> tuple[str, str, int]:
         return self.subject, self.mode, self.batch
 
+    @property
+    def ms_per_clip(self) -> float | None:
+        return None if self.median_ms is None else self.median_ms / self.batch
+
 
 @dataclass
 class BenchResult:
@@ -95,6 +101,11 @@ def _log_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def run_dtype(settings: Settings) -> str:
+    """'float32', or e.g. 'bfloat16 autocast'."""
+    return "float32" if settings.amp is None else f"{str(settings.amp).replace('torch.', '')} autocast"
+
+
 def describe_run(settings: Settings) -> dict:
     """Everything a reader needs to reproduce or compare the run: device, versions, config, settings."""
     device = settings.device
@@ -111,8 +122,9 @@ def describe_run(settings: Settings) -> dict:
         "git_commit": hardware.git_commit(),
         "config_name": settings.config_name,
         "config": settings.config.to_dict(),
-        "dtype": "float32",
+        "dtype": run_dtype(settings),
         "batch_sizes": list(settings.batch_sizes),
+        "train_batch": settings.train_batch or max(settings.batch_sizes),
         "warmup": settings.warmup,
         "max_repeats": settings.repeats,
         "budget_s": settings.budget_s,
@@ -144,9 +156,10 @@ class _WorkFigures:
 
 def make_step(case: Case, variant: str, settings: Settings, implementations: Implementations) -> Callable:
     if case.subject == MODEL:
-        return model_step(implementations.model(variant), settings.config, case.batch, settings.device, case.mode)
+        model = implementations.model(variant)
+        return model_step(model, settings.config, case.batch, settings.device, case.mode, amp=settings.amp)
     inputs = op_inputs(case.subject, settings.config, case.batch, settings.device)
-    return op_step(implementations.op_function(case.subject, variant), inputs, case.mode)
+    return op_step(implementations.op_function(case.subject, variant), inputs, case.mode, amp=settings.amp)
 
 
 def _fill_work(row: Row, figures: work.Work, settings: Settings) -> None:
@@ -159,7 +172,8 @@ def _fill_work(row: Row, figures: work.Work, settings: Settings) -> None:
     row.gbytes_per_s = moved * row.batch / seconds / 1e9
     peak = hardware.device_peak(settings.device)
     if peak is not None:
-        bound_s = max(flops * row.batch / peak.flops_for(torch.float32), moved * row.batch / peak.bandwidth)
+        compute = peak.flops_for(settings.amp or torch.float32)
+        bound_s = max(flops * row.batch / compute, moved * row.batch / peak.bandwidth)
         row.roofline_pct = 100.0 * bound_s / seconds
 
 
@@ -234,7 +248,7 @@ def _run(settings: Settings, log: Callable[[str], None]) -> BenchResult:
             status[name] = "not selected (--backends)"
     result = BenchResult(describe_run(settings), status)
     runnable = [name for name in VARIANTS if status[name] is None]
-    cases = plan_cases(settings.subjects, settings.modes, settings.batch_sizes)
+    cases = plan_cases(settings.subjects, settings.modes, settings.batch_sizes, settings.train_batch)
     cases.sort(key=lambda case: case.subject != MODEL)  # the model first: the targets need it if time runs out
     implementations = Implementations(settings.config, settings.device)
     figures = _WorkFigures(settings.config, settings.device)
@@ -255,5 +269,5 @@ def _run(settings: Settings, log: Callable[[str], None]) -> BenchResult:
             log(f"[{done}/{total}] {case.subject} {case.mode} batch {case.batch} {row.label}: {shown}")
     add_ratios(result.rows)
     fused_status = {variant_label(name, settings.device): status[name] for name in FUSED}
-    result.targets = evaluate_targets(result.rows, settings.device.type, fused_status)
+    result.targets = evaluate_targets(result.rows, settings.device.type, fused_status, run_dtype(settings))
     return result

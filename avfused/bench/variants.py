@@ -19,6 +19,7 @@ import torch
 from avfused import backends, reference
 from avfused.bench.cases import build_model
 from avfused.config import ModelConfig
+from avfused.errors import BackendUnavailableError
 
 VARIANTS = ("eager", "compile", "triton", "cuda")
 FUSED = ("triton", "cuda")
@@ -45,8 +46,7 @@ def _reference_on_device(op: str, variant: str, device: torch.device) -> bool:
     """True where the cuda backend serves an op whose CUDA tensors run the reference (CPU-only kernels)."""
     if variant != "cuda" or device.type != "cuda":
         return False
-    module = backends.op_module(op)
-    return module is not None and "cuda" not in module.EXT_DEVICES
+    return not backends.implements("cuda", op, device.type)
 
 
 class FallbackError(RuntimeError):
@@ -70,7 +70,10 @@ class Implementations:
             elif variant == "compile":
                 fn = torch.compile(reference_fn, dynamic=False)
             else:
-                fn = backends.get_op(op, variant, self.device)
+                try:
+                    fn = backends.get_op(op, variant, self.device)
+                except BackendUnavailableError as exc:
+                    raise FallbackError(f"backend {variant!r} does not implement {op} here: {exc}") from exc
                 if fn is reference_fn or _reference_on_device(op, variant, self.device):
                     raise FallbackError(f"backend {variant!r} does not implement {op} (it would run the reference)")
             self._functions[key] = fn
