@@ -131,16 +131,22 @@ def op_step(fn: Callable, inputs: OpInputs, mode: str, amp: torch.dtype | None =
     ]
     leaves = [t for t in tensors if t.requires_grad]
     parameters = [t for t, (_, role) in zip(tensors, pairs, strict=True) if role == PARAMETER]
+    device = tensors[0].device
     kwargs = inputs.kwargs
     if mode == "inference":
 
         def step() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, amp):
                 fn(*tensors, **kwargs)
 
         return step
     if mode == "forward":
-        return lambda: fn(*tensors, **kwargs)
+
+        def forward() -> None:
+            with autocast(device, amp):
+                fn(*tensors, **kwargs)
+
+        return forward
     optimizer = (
         torch.optim.AdamW(parameters, LEARNING_RATE, weight_decay=WEIGHT_DECAY) if mode == "train_step" else None
     )
@@ -149,7 +155,8 @@ def op_step(fn: Callable, inputs: OpInputs, mode: str, amp: torch.dtype | None =
     def step() -> None:
         for leaf in leaves:
             leaf.grad = None
-        out = fn(*tensors, **kwargs)
+        with autocast(device, amp):
+            out = fn(*tensors, **kwargs)
         if not grad_output:
             generator = torch.Generator(out.device).manual_seed(1)
             grad_output.append(torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype))

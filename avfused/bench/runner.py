@@ -230,18 +230,30 @@ def add_ratios(rows: Sequence[Row]) -> None:
             row.vs_compile = compiled.median_ms / row.median_ms
 
 
-def run_benchmarks(settings: Settings, log: Callable[[str], None] = _log_to_stderr) -> BenchResult:
+def run_benchmarks(
+    settings: Settings,
+    log: Callable[[str], None] = _log_to_stderr,
+    on_row: Callable[[BenchResult], None] | None = None,
+) -> BenchResult:
+    """Every case with every variant that runs; ``on_row`` sees the result after each measured row."""
     # Move everything alive now (torch, sympy, compilers) out of the collector's sight: the collections
     # between cases then take milliseconds instead of about half a second each. Undone at the end.
     gc.collect()
     gc.freeze()
     try:
-        return _run(settings, log)
+        return _run(settings, log, on_row)
     finally:
         gc.unfreeze()
 
 
-def _run(settings: Settings, log: Callable[[str], None]) -> BenchResult:
+def _finish(result: BenchResult, settings: Settings, status: dict[str, str | None]) -> None:
+    """Ratios and targets of the rows so far."""
+    add_ratios(result.rows)
+    fused_status = {variant_label(name, settings.device): status[name] for name in FUSED}
+    result.targets = evaluate_targets(result.rows, settings.device.type, fused_status, run_dtype(settings))
+
+
+def _run(settings: Settings, log: Callable[[str], None], on_row: Callable[[BenchResult], None] | None) -> BenchResult:
     status = variant_status(settings.device, settings.compile_skipped)
     for name in VARIANTS:
         if name not in settings.variants and status[name] is None:
@@ -252,22 +264,23 @@ def _run(settings: Settings, log: Callable[[str], None]) -> BenchResult:
     cases.sort(key=lambda case: case.subject != MODEL)  # the model first: the targets need it if time runs out
     implementations = Implementations(settings.config, settings.device)
     figures = _WorkFigures(settings.config, settings.device)
-    total, done = len(cases) * len(runnable), 0
+    # torch.compile last: its first calls compile for minutes, so under a time limit it is what gets cut
+    work_list = [(case, variant) for variant in runnable if variant == "compile" for case in cases]
+    work_list = [(case, variant) for case in cases for variant in runnable if variant != "compile"] + work_list
+    total = len(work_list)
     started = time.perf_counter()
-    for case in cases:
-        case_work = figures(case)
-        for variant in runnable:
-            done += 1
-            if settings.time_limit_s is not None and time.perf_counter() - started > settings.time_limit_s:
-                row = Row(*case.key, variant, variant_label(variant, settings.device), "skipped")
-                row.reason = f"time limit of {settings.time_limit_s:g} s reached"
-            else:
-                row = measure_case(case, variant, settings, implementations)
-            _fill_work(row, case_work, settings)
-            result.rows.append(row)
-            shown = f"{row.median_ms:.3f} ms" if row.status == "ok" else f"{row.status}: {row.reason}"
-            log(f"[{done}/{total}] {case.subject} {case.mode} batch {case.batch} {row.label}: {shown}")
-    add_ratios(result.rows)
-    fused_status = {variant_label(name, settings.device): status[name] for name in FUSED}
-    result.targets = evaluate_targets(result.rows, settings.device.type, fused_status, run_dtype(settings))
+    for done, (case, variant) in enumerate(work_list, start=1):
+        if settings.time_limit_s is not None and time.perf_counter() - started > settings.time_limit_s:
+            row = Row(*case.key, variant, variant_label(variant, settings.device), "skipped")
+            row.reason = f"time limit of {settings.time_limit_s:g} s reached"
+        else:
+            row = measure_case(case, variant, settings, implementations)
+        _fill_work(row, figures(case), settings)
+        result.rows.append(row)
+        shown = f"{row.median_ms:.3f} ms" if row.status == "ok" else f"{row.status}: {row.reason}"
+        log(f"[{done}/{total}] {case.subject} {case.mode} batch {case.batch} {row.label}: {shown}")
+        if on_row is not None:
+            _finish(result, settings, status)
+            on_row(result)
+    _finish(result, settings, status)
     return result

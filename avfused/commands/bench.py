@@ -158,7 +158,13 @@ def run(args: argparse.Namespace) -> int:
     from avfused.bench import report
     from avfused.bench.runner import run_benchmarks
 
-    result = run_benchmarks(settings_from_args(args))
+    on_row = None
+    if not args.no_save:  # keep what is measured so far if the run is stopped (a time-limited GPU check)
+
+        def on_row(partial) -> None:
+            report.write_partial(partial, args.output_dir)
+
+    result = run_benchmarks(settings_from_args(args), on_row=on_row)
     text = report.markdown_report(result)
     print(text)
     if not args.no_save:
