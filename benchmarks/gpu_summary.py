@@ -67,9 +67,10 @@ def _bench(work: Path) -> list[str]:
     for path in sorted(work.glob("bench-*/*.json")):
         result = json.loads(path.read_text())
         meta = result["meta"]
-        lines.append(f"**{meta['device']}, {meta['dtype']}** ({path.parent.name}; torch {meta['versions'].get('torch')}, "
-                     f"triton {meta['versions'].get('triton')})")
-        lines += ["", "| mode | batch | backend | median ms | x eager | x compile | peak MiB |", "|---|---|---|---|---|---|---|"]
+        versions = meta["versions"]
+        lines.append(f"**{meta['device']}, {meta['dtype']}** ({path.parent.name}; torch {versions.get('torch')}, "
+                     f"triton {versions.get('triton')})")
+        lines += ["", "| mode | batch | backend | median ms | x eager | x compile | peak MiB |", "|---" * 7 + "|"]
         for row in result["rows"]:
             if row["subject"] != "model":
                 continue
