@@ -11,8 +11,11 @@ The same function as ``avfused.reference.joint_token_attention``, in two backend
   from the log-sum-exp) in two Triton kernels and the O(L * D) parts (the Linear's and the LayerNorm's
   gradients) in torch.
 * ``ext`` -- the op ``avfused_ext::joint_token_attention`` of the C++/CUDA extension
-  (csrc/joint_token_attention/), fused forward on the CPU (D <= 128) and on CUDA (D <= 64; wider tokens
-  run the reference there, logged once); its backward is one ATen composite.
+  (csrc/joint_token_attention/): a fused forward on the CPU (D <= 128), whose backward is one ATen
+  composite; on CUDA (D <= 64; wider tokens run the reference there, logged once) flash-style kernels for
+  the forward and, in training (``avfused_ext::joint_token_attention_train``, which saves u, mixed and lse),
+  for the attention part of the backward, the rest of which is shared with Triton
+  (``backward_around_attention``). On CUDA, bf16 / fp16 tokens are read and written in their dtype.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
     EXT_REASONS,
+    autograd_records,
     check_non_empty,
     check_rank,
     check_shape,
@@ -78,6 +82,39 @@ def _normalise(z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return (z - mean) * rstd, rstd
 
 
+def backward_around_attention(
+    grad: Tensor,
+    tokens: Tensor,
+    pos: Tensor,
+    ln_w: Tensor,
+    ln_b: Tensor,
+    lin_w: Tensor,
+    mixed: Tensor,
+    eps: float,
+    attention_backward,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The six input gradients from the output gradient: the Linear's, the LayerNorm's and the residual's
+    in torch (O(L * D) work), the L x L attention part by ``attention_backward(u, d_mixed, delta) -> du``.
+
+    Shared by both backends' training paths; all tensors float32, contiguous."""
+    normed, rstd = _normalise(tokens + pos, eps)
+    u = (normed * ln_w + ln_b).contiguous()
+    d_lin_b = grad.sum(dim=(0, 1))
+    d_lin_w = torch.einsum("ble,bld->ed", grad, mixed)
+    d_mixed = (grad @ lin_w).contiguous()
+    delta = (d_mixed * mixed).sum(dim=-1).contiguous()  # rowsum(dO * O) of the softmax backward
+    du = attention_backward(u, d_mixed, delta)
+    d_ln_w = (du * normed).sum(dim=(0, 1))
+    d_ln_b = du.sum(dim=(0, 1))
+    d_normed = du * ln_w
+    d_z = rstd * (
+        d_normed - d_normed.mean(dim=-1, keepdim=True) - normed * (d_normed * normed).mean(dim=-1, keepdim=True)
+    )
+    d_tokens = grad + d_z
+    grads = (d_tokens, d_tokens.sum(dim=0), d_ln_w, d_ln_b, d_lin_w, d_lin_b)
+    return tuple(g.contiguous() for g in grads)  # strides as the fakes promise
+
+
 @torch.library.custom_op("avfused_triton::joint_token_attention_backward", mutates_args=())
 def triton_backward(
     grad: Tensor,
@@ -93,22 +130,10 @@ def triton_backward(
     """Gradients of the first output of triton_forward with respect to its six tensor inputs."""
     from avfused.kernels.joint_token_attention import launch_attention_backward
 
-    normed, rstd = _normalise(tokens + pos, eps)
-    u = (normed * ln_w + ln_b).contiguous()
-    d_lin_b = grad.sum(dim=(0, 1))
-    d_lin_w = torch.einsum("ble,bld->ed", grad, mixed)
-    d_mixed = (grad @ lin_w).contiguous()
-    delta = (d_mixed * mixed).sum(dim=-1).contiguous()  # rowsum(dO * O) of the softmax backward
-    du = launch_attention_backward(u, d_mixed, lse, delta)
-    d_ln_w = (du * normed).sum(dim=(0, 1))
-    d_ln_b = du.sum(dim=(0, 1))
-    d_normed = du * ln_w
-    d_z = rstd * (
-        d_normed - d_normed.mean(dim=-1, keepdim=True) - normed * (d_normed * normed).mean(dim=-1, keepdim=True)
-    )
-    d_tokens = grad + d_z
-    grads = (d_tokens, d_tokens.sum(dim=0), d_ln_w, d_ln_b, d_lin_w, d_lin_b)
-    return tuple(g.contiguous() for g in grads)  # strides as the fake promises
+    def attention_backward(u: Tensor, d_mixed: Tensor, delta: Tensor) -> Tensor:
+        return launch_attention_backward(u, d_mixed, lse, delta)
+
+    return backward_around_attention(grad, tokens, pos, ln_w, ln_b, lin_w, mixed, eps, attention_backward)
 
 
 @triton_backward.register_fake
@@ -168,13 +193,22 @@ def ext(
     lin_bias: Tensor,
     eps: float = 1e-5,
 ) -> Tensor:
-    """The extension backend of the op; returns tokens' dtype (computed in float32)."""
+    """The extension backend of the op; returns tokens' dtype (computed in float32; on CUDA bf16 / fp16
+    tokens are read and written as they are)."""
     check_inputs("ext", tokens, pos, ln_weight, ln_bias, lin_weight, lin_bias)
-    if tokens.device.type == "cuda" and tokens.shape[2] > EXT_CUDA_MAX_DIM:
+    params = tuple(t.float() for t in (pos, ln_weight, ln_bias, lin_weight, lin_bias))
+    if tokens.device.type != "cuda":
+        return torch.ops.avfused_ext.joint_token_attention(tokens.float(), *params, float(eps)).to(tokens.dtype)
+    if tokens.shape[2] > EXT_CUDA_MAX_DIM:
         return reference_on_gpu(OP)(tokens, pos, ln_weight, ln_bias, lin_weight, lin_bias, eps)
-    tensors = (tokens, pos, ln_weight, ln_bias, lin_weight, lin_bias)
-    out = torch.ops.avfused_ext.joint_token_attention(*(t.float() for t in tensors), float(eps))
-    return out.to(tokens.dtype)
+    dtype = tokens.dtype
+    if dtype == torch.float64:
+        tokens = tokens.float()
+    if autograd_records(tokens, *params):
+        out = torch.ops.avfused_ext.joint_token_attention_train(tokens, *params, float(eps))[0]
+    else:
+        out = torch.ops.avfused_ext.joint_token_attention(tokens, *params, float(eps))
+    return out.to(dtype)
 
 
 def _register_ext() -> None:
@@ -188,6 +222,17 @@ def _register_ext() -> None:
     def _(grad_out, tokens, pos, ln_weight, ln_bias, lin_weight, lin_bias, eps):
         return tuple(t.new_empty(t.shape) for t in (tokens, pos, ln_weight, ln_bias, lin_weight, lin_bias))
 
+    @torch.library.register_fake("avfused_ext::joint_token_attention_train")
+    def _(tokens, pos, ln_weight, ln_bias, lin_weight, lin_bias, eps):
+        batch, length, dim = tokens.shape
+        floats = dict(dtype=torch.float32, device=tokens.device)
+        return (tokens.new_empty(tokens.shape), torch.empty(batch, length, EXT_CUDA_MAX_DIM, **floats),
+                torch.empty(batch, length, dim, **floats), torch.empty(batch, length, **floats))
+
+    @torch.library.register_fake("avfused_ext::joint_token_attention_attend_backward")
+    def _(u, d_mixed, lse, delta):
+        return u.new_empty(u.shape)
+
     def setup_context(ctx, inputs, output):
         *tensors, eps = inputs
         ctx.save_for_backward(*tensors)
@@ -198,6 +243,28 @@ def _register_ext() -> None:
         return (*grads, None)
 
     torch.library.register_autograd("avfused_ext::joint_token_attention", backward, setup_context=setup_context)
+
+    def train_setup_context(ctx, inputs, output):
+        tokens, pos, ln_weight, ln_bias, lin_weight, _, eps = inputs
+        _, u, mixed, lse = output
+        ctx.save_for_backward(tokens, pos, ln_weight, ln_bias, lin_weight, u, mixed, lse)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(u, mixed, lse)
+
+    def train_backward(ctx, grad_out, _grad_u, _grad_mixed, _grad_lse):
+        tokens, pos, ln_weight, ln_bias, lin_weight, u, mixed, lse = ctx.saved_tensors
+        dim = tokens.shape[2]
+
+        def attention_backward(_u: Tensor, d_mixed: Tensor, delta: Tensor) -> Tensor:
+            # the kernel reads the forward's padded u workspace; _u (recomputed) is the same values unpadded
+            return torch.ops.avfused_ext.joint_token_attention_attend_backward(u, d_mixed, lse, delta)[..., :dim]
+
+        grads = backward_around_attention(grad_out.float().contiguous(), tokens.float(), pos, ln_weight, ln_bias,
+                                          lin_weight, mixed, ctx.eps, attention_backward)
+        return (grads[0].to(tokens.dtype), *grads[1:], None)
+
+    torch.library.register_autograd("avfused_ext::joint_token_attention_train", train_backward,
+                                    setup_context=train_setup_context)
 
 
 if EXT_REASONS["cpu"] is None:

@@ -5,24 +5,40 @@
 // Ops (schemas in joint_token_attention_cpu.cpp):
 //   joint_token_attention(tokens (B,L,D), pos (L,D), ln_w, ln_b, lin_w (D,D), lin_b, eps) -> (B,L,D)
 //   joint_token_attention_backward(grad_out, tokens, pos, ln_w, ln_b, lin_w, lin_b, eps) -> six gradients
+//   CUDA only, for training (the Python autograd of avfused/ops/joint_token_attention.py chains them):
+//   joint_token_attention_train(tokens, ...) -> (out, u (B,L,64), mixed (B,L,D), lse (B,L))
+//   joint_token_attention_attend_backward(u, d_mixed, lse, delta) -> du (B,L,64)
 //
 //   z = tokens + pos,  u = LayerNorm(z),  P = softmax(u u^T / sqrt(D)),  O = P u,
 //   out = z + O W^T + b
-// The backward (device-generic ATen) recomputes u and P (B x L x L is small: L is a few hundred tokens)
-// and applies the softmax-attention gradient with q = k = v = u.
+// The CPU backward (device-generic ATen) recomputes u and P (B x L x L is small: L is a few hundred
+// tokens) and applies the softmax-attention gradient with q = k = v = u; on CUDA the training forward
+// saves u, mixed and lse and the attention part of the backward is two flash-style kernels.
 #pragma once
+
+namespace avfused {
+
+constexpr int kCudaAttentionWidth = 64;  // the CUDA kernels' padded token width: D <= 64 there
+enum class TokenDtype { kFloat32, kBFloat16, kFloat16 };  // the dtype of tokens and out on CUDA
+
+}  // namespace avfused
 
 #ifdef CUDART_VERSION  // the CUDA launchers (joint_token_attention_cuda.cu): plain pointers and a stream
 namespace avfused::cuda {
 
-// The padded token width the attention kernel uses for `dim` values (0: dim not supported).
-int joint_token_attention_padded_dim(int dim);
+// u_workspace (B, L, 64) float32 receives the normalised tokens; out (B, L, D) in tokens' dtype; mixed
+// (B, L, D) float32 the attention output and lse (B, L) float32 its row log-sum-exp (for the backward).
+cudaError_t launch_joint_token_attention_forward(const void* tokens, TokenDtype dtype, const float* pos,
+                                                 const float* ln_weight, const float* ln_bias,
+                                                 const float* lin_weight, const float* lin_bias, float* u_workspace,
+                                                 void* out, float* mixed, float* lse, int batch, int length, int dim,
+                                                 float eps, cudaStream_t stream);
 
-// u_workspace (B, L, padded_dim) is written (the normalised tokens); out (B, L, D).
-cudaError_t launch_joint_token_attention_forward(const float* tokens, const float* pos, const float* ln_weight,
-                                                 const float* ln_bias, const float* lin_weight,
-                                                 const float* lin_bias, float* u_workspace, float* out, int batch,
-                                                 int length, int dim, float eps, cudaStream_t stream);
+// du (B, L, 64) = the gradient reaching u through softmax(scale u u^T) u, from d_mixed (B, L, D),
+// lse (B, L) and delta = rowsum(d_mixed * mixed) (B, L); all float32.
+cudaError_t launch_joint_token_attention_attend_backward(const float* u, const float* d_mixed, const float* lse,
+                                                         const float* delta, float* du, int batch, int length,
+                                                         int dim, cudaStream_t stream);
 
 }  // namespace avfused::cuda
 #endif
@@ -43,7 +59,8 @@ struct JointTokenAttentionInputs {
 inline JointTokenAttentionInputs check_joint_token_attention_inputs(const at::Tensor& tokens, const at::Tensor& pos,
                                                          const at::Tensor& ln_weight, const at::Tensor& ln_bias,
                                                          const at::Tensor& lin_weight, const at::Tensor& lin_bias,
-                                                         c10::optional<c10::DeviceType> device) {
+                                                         c10::optional<c10::DeviceType> device,
+                                                         bool low_precision_tokens = false) {
   TORCH_CHECK(tokens.dim() == 3, "avfused_ext.joint_token_attention: tokens must be (batch, tokens, dim), got shape ",
               tokens.sizes());
   const int64_t length = tokens.size(1), dim = tokens.size(2);
@@ -57,9 +74,15 @@ inline JointTokenAttentionInputs check_joint_token_attention_inputs(const at::Te
   TORCH_CHECK(lin_weight.sizes() == at::IntArrayRef({dim, dim}) && lin_bias.sizes() == at::IntArrayRef({dim}),
               "avfused_ext.joint_token_attention: Linear weight must be (", dim, ", ", dim, ") and bias (", dim,
               ",), got ", lin_weight.sizes(), " and ", lin_bias.sizes());
-  for (const at::Tensor* t : {&tokens, &pos, &ln_weight, &ln_bias, &lin_weight, &lin_bias}) {
+  const auto type = tokens.scalar_type();
+  TORCH_CHECK(type == at::kFloat || (low_precision_tokens && (type == at::kBFloat16 || type == at::kHalf)),
+              "avfused_ext.joint_token_attention: expected float32", low_precision_tokens ? " (or bf16 / fp16)" : "",
+              " tokens, got ", type);
+  for (const at::Tensor* t : {&pos, &ln_weight, &ln_bias, &lin_weight, &lin_bias}) {
     TORCH_CHECK(t->scalar_type() == at::kFloat, "avfused_ext.joint_token_attention: expected float32 tensors, got ",
                 t->scalar_type());
+  }
+  for (const at::Tensor* t : {&tokens, &pos, &ln_weight, &ln_bias, &lin_weight, &lin_bias}) {
     TORCH_CHECK(t->device() == tokens.device(),
                 "avfused_ext.joint_token_attention: all tensors must be on one device, got ", tokens.device(), " and ",
                 t->device());

@@ -246,6 +246,11 @@ TORCH_LIBRARY_FRAGMENT(avfused_ext, m) {
       "joint_token_attention_backward(Tensor grad_out, Tensor tokens, Tensor pos, Tensor ln_weight, "
       "Tensor ln_bias, Tensor lin_weight, Tensor lin_bias, float eps) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // CUDA only (joint_token_attention_cuda_host.cpp): the training forward and its flash-style backward
+  m.def(
+      "joint_token_attention_train(Tensor tokens, Tensor pos, Tensor ln_weight, Tensor ln_bias, Tensor lin_weight, "
+      "Tensor lin_bias, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("joint_token_attention_attend_backward(Tensor u, Tensor d_mixed, Tensor lse, Tensor delta) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(avfused_ext, CPU, m) { m.impl("joint_token_attention", &avfused::joint_token_attention_cpu); }

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from avfused import reference
 from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import joint_token_attention
-from avfused.testing import check_against_reference, check_low_precision
+from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
 from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON
 
 NAMES = ("tokens", "pos", "ln_weight", "ln_bias", "lin_weight", "lin_bias")
@@ -157,3 +158,65 @@ def test_ext_gpu_serves_wide_tokens_with_the_reference(target, monkeypatch):
 def test_ext_gpu_low_precision(target, dtype):
     inputs = make_inputs(2, 170, device=target.device)
     check_low_precision(joint_token_attention.ext, reference.joint_token_attention, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_inference_forward_matches_float64(target, dtype):
+    """Without autograd the CUDA path runs the inference kernel, which keeps nothing for a backward."""
+    inputs = make_inputs(1, 650, device=target.device)  # batch 1 at the small model's first-stage length
+    ref = reference.joint_token_attention(*(t.double() for t in inputs))
+    args = [inputs[0].to(dtype), *inputs[1:]]
+    with torch.no_grad():
+        out = joint_token_attention.ext(*args)
+        torch_low = reference.joint_token_attention(*(t.to(dtype) for t in inputs))
+    assert out.dtype == dtype
+    assert_matches_reference(out, ref, None if dtype == torch.float32 else torch_low)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_training_ops_opcheck(target):
+    inputs = [t.requires_grad_() for t in make_inputs(2, 11, device=target.device)]
+    torch.library.opcheck(ext_ops.joint_token_attention_train.default, (*inputs, 1e-5))
+
+
+@pytest.fixture
+def cpu_stand_ins_of_the_cuda_training_ops():
+    """CPU implementations, in torch, of the two CUDA-only training ops: with them the Python half of the CUDA
+    training path (its autograd glue, shapes and dtypes) runs here; the CUDA kernels themselves need a GPU."""
+    import math
+
+    def train(tokens, pos, ln_weight, ln_bias, lin_weight, lin_bias, eps):
+        z = tokens.float() + pos
+        u = F.layer_norm(z, (z.shape[-1],), ln_weight, ln_bias, eps)
+        scores = u @ u.transpose(1, 2) / math.sqrt(z.shape[-1])
+        lse = torch.logsumexp(scores, dim=-1)
+        mixed = torch.exp(scores - lse[..., None]) @ u
+        out = (z + mixed @ lin_weight.t() + lin_bias).to(tokens.dtype)
+        return out, F.pad(u, (0, 64 - u.shape[-1])), mixed, lse
+
+    def attend_backward(u, d_mixed, lse, delta):
+        dim = d_mixed.shape[-1]
+        u = u[..., :dim]
+        scale = 1 / math.sqrt(dim)
+        probs = torch.exp(u @ u.transpose(1, 2) * scale - lse[..., None])
+        d_scores = probs * (d_mixed @ u.transpose(1, 2) - delta[..., None])
+        du = probs.transpose(1, 2) @ d_mixed + scale * (d_scores @ u + d_scores.transpose(1, 2) @ u)
+        return F.pad(du, (0, 64 - dim)).contiguous()
+
+    library = torch.library.Library("avfused_ext", "IMPL")
+    library.impl("joint_token_attention_train", train, "CPU")
+    library.impl("joint_token_attention_attend_backward", attend_backward, "CPU")
+    yield
+    library._destroy()
+
+
+@pytest.mark.parametrize("shape", [(1, 13, 49), (3, 70, 49), (2, 9, 17)])
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_the_cuda_training_path_glue_matches_float64(target, shape, cpu_stand_ins_of_the_cuda_training_ops):
+    def through_the_training_op(tokens, *params):
+        return ext_ops.joint_token_attention_train(tokens, *params, 1e-5)[0]
+
+    check_against_reference(through_the_training_op, reference.joint_token_attention, make_inputs(*shape), NAMES)
+    inputs = [t.requires_grad_() for t in make_inputs(2, 11)]
+    torch.library.opcheck(ext_ops.joint_token_attention_train.default, (*inputs, 1e-5))
