@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from avfused import metrics
 from avfused.data.datasets import collate_clips
+from avfused.errors import DeviceUnavailableError
 from avfused.protocols import silence_scores
 
 HEADS = ("clip", "visual", "audio")
@@ -92,10 +93,21 @@ class Predictions:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``name`` as a device; "auto" is the GPU when there is one, else the CPU."""
+    """``name`` as a device; "auto" is the GPU when there is one, else the CPU. A name that is no device, or
+    a GPU that is not here, raises DeviceUnavailableError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DeviceUnavailableError(f"--device {name} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise DeviceUnavailableError(f"--device {name} was asked for but {why}; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"--device {name}: there are {torch.cuda.device_count()} GPUs (cuda:0 ...)")
+    return device
 
 
 def autocast(device: torch.device, amp: bool):

@@ -87,7 +87,7 @@ def test_a_text_file_named_safetensors_is_not_called_truncated(tmp_path):
     assert "truncated" not in message and "not a safetensors file" in message and "notes.safetensors" in message
 
 
-@pytest.mark.parametrize("command", ["detect", "eval"])
+@pytest.mark.parametrize("command", ["detect", "eval", "train"])
 def test_a_damaged_header_is_one_error_line_in_every_command(small_checkpoint, tmp_path, capsys, command):
     """The flip the issue found: a key of the header renamed ("data_offsets" -> "data_offsetr")."""
     blob = small_checkpoint.replace(b'"data_offsets"', b'"data_offsetr"', 1)
@@ -96,6 +96,7 @@ def test_a_damaged_header_is_one_error_line_in_every_command(small_checkpoint, t
     args = {
         "detect": ["detect", str(bad), "video.mp4"],
         "eval": ["eval", str(bad)],
+        "train": ["train", "--out", str(tmp_path / "run"), "--resume", str(bad), "--data", str(tmp_path / "none")],
     }[command]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from avfused.errors import ConfigError
 from avfused.training.augment import AugmentConfig
 from avfused.training.data import SILENCE_CUE_MODES
 from avfused.training.loop import LAST, TrainConfig
@@ -110,8 +111,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument(
         "--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-        help="continue from CKPT (no value: <out>/last.safetensors)",
+        help="continue from CKPT (no value: <out>/last.safetensors, or from step 0 when there is none yet)",
     )  # fmt: skip
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)"
+    )
     run.add_argument("--save-every", type=int, default=0, help="also write last.safetensors every N steps")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument(
@@ -145,6 +149,42 @@ def _synthesise(args: argparse.Namespace, out: Path) -> Path:
     return folder
 
 
+def load_model_overrides(path: str | None) -> dict:
+    """The ModelConfig fields of a --model-config JSON file; a named error for a missing file, broken JSON or
+    an unknown field."""
+    from avfused.config import ModelConfig
+
+    if path is None:
+        return {}
+    try:
+        overrides = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--model-config {path}: cannot read it ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--model-config {path}: not valid JSON ({exc})") from None
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"--model-config {path}: expected a JSON object of ModelConfig fields, got a "
+                          f"{type(overrides).__name__}")  # fmt: skip
+    known = set(ModelConfig().to_dict())
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"--model-config {path}: unknown field(s) {unknown}; ModelConfig has {sorted(known)}")
+    return overrides
+
+
+def _resume_point(args: argparse.Namespace, out: Path) -> Path | None:
+    """The checkpoint to continue from: --resume CKPT, or <out>/last.safetensors (none yet: step 0)."""
+    if args.resume is None:
+        return None
+    if args.resume != "auto":
+        return Path(args.resume)
+    if (out / LAST).is_file():
+        return out / LAST
+    log.warning("--resume: no %s yet, so training starts at step 0", out / LAST)
+    args.overwrite = True  # what is there is what a run killed before its first 'last' left
+    return None
+
+
 def _data_source(args: argparse.Namespace, data_path: str, dataset: str):
     """Where the clips come from: a fold of --split, or identity fractions; absolute paths, so `avfused eval
     CKPT` finds the data and the split file from any folder."""
@@ -160,11 +200,12 @@ def _data_source(args: argparse.Namespace, data_path: str, dataset: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from avfused.checkpoint import load_checkpoint
     from avfused.config import ModelConfig
     from avfused.data.decode import ClipSpec
     from avfused.training.data import split_datasets
     from avfused.training.distributed import Context
-    from avfused.training.loop import Trainer
+    from avfused.training.loop import Trainer, claim_run_folder
     from avfused.training.threads import set_threads
 
     set_threads(args.threads)
@@ -172,6 +213,12 @@ def run(args: argparse.Namespace) -> int:
     if not context.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     out = Path(args.out)
+    resume = _resume_point(args, out)
+    overrides = load_model_overrides(args.model_config)
+    if context.is_main:  # before any data is decoded
+        claim_run_folder(out, resume, args.overwrite)
+    if resume is not None:
+        load_checkpoint(resume)  # a missing or damaged checkpoint: said now, not after decoding the data
     synthetic = args.data is None
     if synthetic:
         if context.is_main:
@@ -180,8 +227,10 @@ def run(args: argparse.Namespace) -> int:
         data_path, dataset = str(out / "synthetic"), "synthetic"
     else:
         data_path, dataset = args.data, args.dataset or "fakeavceleb"
-    overrides = json.loads(Path(args.model_config).read_text()) if args.model_config else {}
-    config = ModelConfig.preset(args.preset or ("demo" if synthetic else "small"), **overrides)
+    try:
+        config = ModelConfig.preset(args.preset or ("demo" if synthetic else "small"), **overrides)
+    except TypeError as exc:  # a field of the wrong type (ModelConfig's own checks raise ConfigError)
+        raise ConfigError(f"--model-config {args.model_config}: {exc}") from None
     defaults = DEMO if synthetic else RECIPE
     train_config = TrainConfig(
         epochs=args.epochs if args.epochs is not None else defaults["epochs"],
@@ -221,10 +270,9 @@ def run(args: argparse.Namespace) -> int:
         "train_methods": args.train_methods,
         "silence_cue": args.silence_cue,
     }
-    trainer = Trainer(config, train_config, datasets["train"], datasets["val"], out, args.backend, context, data_info)
-    resume = None
-    if args.resume is not None:
-        resume = out / LAST if args.resume == "auto" else Path(args.resume)
+    trainer = Trainer(
+        config, train_config, datasets["train"], datasets["val"], out, args.backend, context, data_info, args.overwrite
+    )
     try:
         summary = trainer.fit(resume=resume)
     finally:
