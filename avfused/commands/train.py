@@ -51,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     data.add_argument("--fold", default=None, help="fold of --split, by name or index (default: the first)")
     data.add_argument(
+        "--allow-split-leak", action="store_true",
+        help="train although train, val and test share files or identities (refused otherwise; recorded)",
+    )  # fmt: skip
+    data.add_argument(
         "--split-seed", type=int, default=0, help="seed of the identity split (with --split: of the validation share)"
     )
     data.add_argument(
@@ -192,8 +196,9 @@ def _data_source(args: argparse.Namespace, data_path: str, dataset: str):
 
     path = str(Path(data_path).resolve())
     if args.split is None:
-        return DataSource(path, dataset, args.split_seed, tuple(args.split_fractions))
-    source = fold_source(path, dataset, args.split_seed, args.split, args.fold)
+        return DataSource(path, dataset, args.split_seed, tuple(args.split_fractions),
+                          allow_split_leak=args.allow_split_leak)  # fmt: skip
+    source = fold_source(path, dataset, args.split_seed, args.split, args.fold, args.allow_split_leak)
     chosen = "given by --fold" if args.fold is not None else "the first; --fold picks another"
     log.info("split %s: fold %s (%s), sha256 %s", args.split, source.fold, chosen, source.split_sha256)
     return source
@@ -270,6 +275,8 @@ def run(args: argparse.Namespace) -> int:
         "train_methods": args.train_methods,
         "silence_cue": args.silence_cue,
     }
+    if args.allow_split_leak:  # accepted: say what leaked, so every result computed from this run shows it
+        data_info["split_leak"] = source.leaks()
     trainer = Trainer(
         config, train_config, datasets["train"], datasets["val"], out, args.backend, context, data_info, args.overwrite
     )
