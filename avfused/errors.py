@@ -12,6 +12,15 @@ class AvfusedError(Exception):
     """Base class of all avfused errors."""
 
 
+class PathError(AvfusedError):
+    """An error about one file or folder: ``path`` and ``reason``, shown as "path: reason"."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
 # --- model input -------------------------------------------------------------------------
 class InputError(AvfusedError, ValueError):
     """A tensor given to a model or module does not fit what it expects."""
@@ -67,13 +76,8 @@ class DeviceUnavailableError(AvfusedError, RuntimeError):
 
 
 # --- outputs -------------------------------------------------------------------------------
-class OutputError(AvfusedError):
+class OutputError(PathError):
     """Base class of errors about files a command writes; always names the path."""
-
-    def __init__(self, path: object, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 class OutputExistsError(OutputError, FileExistsError):
@@ -94,13 +98,8 @@ class UnknownBackendError(AvfusedError, ValueError):
 
 
 # --- data ----------------------------------------------------------------------------------
-class DataError(AvfusedError):
+class DataError(PathError):
     """Base class of errors about input files and datasets; always names the path."""
-
-    def __init__(self, path: object, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 class MediaNotFoundError(DataError, FileNotFoundError):
