@@ -86,9 +86,14 @@ def test_training_into_a_folder_that_holds_a_run_is_refused(tmp_path):
 def test_the_train_command_refuses_before_reading_any_data(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / BEST).write_bytes(b"an earlier run's best")
-    status = main(["train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "no-data"), "--no-progress"])
+    args = ["train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "no-data"), "--no-progress"]
+    assert main(args) == 2
     err = capsys.readouterr().err
-    assert status == 2 and "already holds a run" in err and "--overwrite" in err and "no-data" not in err
+    assert "already holds a run" in err and "--overwrite" in err and "no-data" not in err
+    assert main([*args, "--resume"]) == 2  # nothing to resume from, and a best.safetensors to keep
+    err = capsys.readouterr().err
+    assert "no last.safetensors to resume from" in err and "--overwrite" in err and "no-data" not in err
+    assert (tmp_path / "run" / BEST).read_bytes() == b"an earlier run's best"
 
 
 # ---- kill points ----------------------------------------------------------------------------------------
@@ -165,7 +170,8 @@ def assert_only_complete_files(out: Path, killed: bool) -> None:
 
 
 def resume(out: Path) -> dict:
-    """What `avfused train --resume` does: continue from last.safetensors, or start again when none was written."""
+    """`avfused train --resume`: continue from last.safetensors; with none written yet, start again (adding
+    --overwrite when a run killed at its first epoch's end left a best.safetensors)."""
     has_last = (out / LAST).exists()
     make_trainer(out, overwrite=not has_last).fit(resume=out / LAST if has_last else None)
     assert not [p.name for p in out.iterdir() if p.name not in RUN_FILES]  # no temporaries are left

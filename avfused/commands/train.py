@@ -13,10 +13,10 @@ import logging
 import os
 from pathlib import Path
 
-from avfused.errors import ConfigError
+from avfused.errors import ConfigError, OutputExistsError
 from avfused.training.augment import AugmentConfig
 from avfused.training.data import SILENCE_CUE_MODES
-from avfused.training.loop import LAST, TrainConfig
+from avfused.training.loop import LAST, RUN_FILES, TrainConfig
 
 HELP = "train a detector (on the built-in synthetic benchmark when no --data is given)"
 log = logging.getLogger("avfused")
@@ -184,8 +184,11 @@ def _resume_point(args: argparse.Namespace, out: Path) -> Path | None:
         return Path(args.resume)
     if (out / LAST).is_file():
         return out / LAST
+    others = [name for name in RUN_FILES if (out / name).exists()]
+    if others and not args.overwrite:  # e.g. a run killed between its first best and last: nothing to resume
+        raise OutputExistsError(out, f"holds {', '.join(others)} but no {LAST} to resume from; --overwrite "
+                                "starts the run again")  # fmt: skip
     log.warning("--resume: no %s yet, so training starts at step 0", out / LAST)
-    args.overwrite = True  # what is there is what a run killed before its first 'last' left
     return None
 
 
