@@ -183,8 +183,7 @@ def resume(out: Path) -> dict:
     "point, count",
     [
         ("forward", 3),  # inside step 3: the issue's batch-norm statistics of a half-done step
-        ("update", 1),  # between the weights' update and the step counter
-        ("load", 6),  # while reading the second batch
+        # (inside an optimizer update: the next test; while loading a batch: tests/test_train.py)
         ("validate", 1),  # inside the first epoch's validation
         (f"write:{LAST}", 1),  # among the end-of-epoch saves: the issue's stale best.safetensors
     ],
@@ -236,7 +235,7 @@ def _train_until_killed(out: str, point: str, count: int) -> None:
 @pytest.mark.parametrize(
     "point, count",
     [
-        ("update", 1),  # before any checkpoint: the resume starts again
+        ("forward", 1),  # before any checkpoint: the resume starts again
         (f"write:{LAST}", 1),  # best written, last's temporary complete but not in place
         ("written:metrics.csv", 1),  # the checkpoints written, metrics.json not yet
         ("forward", 4),  # inside the last step
