@@ -13,9 +13,16 @@ class AvfusedError(Exception):
 
 
 class PathError(AvfusedError):
-    """An error about one file or folder: ``path`` and ``reason``, shown as "path: reason"."""
+    """An error about one file or folder: ``path`` and ``reason``, shown as "path: reason".
 
-    def __init__(self, path: object, reason: str) -> None:
+    One argument is the text torch's DataLoader re-raises a worker's error with (a traceback ending in
+    "avfused.errors.Name: path: reason"): the error keeps its class and its one-line message, instead of
+    becoming a RuntimeError."""
+
+    def __init__(self, path: object, reason: str | None = None) -> None:
+        if reason is None:
+            last = (str(path).strip().splitlines() or [""])[-1]
+            path, _, reason = last.removeprefix(f"{type(self).__module__}.{type(self).__name__}: ").partition(": ")
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")

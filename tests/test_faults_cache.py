@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from test_data_decode import burst_audio, grey_frames
 
 from avfused.cli import main
@@ -71,6 +72,18 @@ def test_readers_name_the_damaged_shard_and_the_fix(tmp_path, records, how):
         data[3]
     message = str(caught.value)
     assert "shard-00001.safetensors" in message and f"`avfused prepare --out {out}` again" in message
+
+
+def test_a_damaged_shard_read_by_a_loader_worker_is_still_a_named_error(tmp_path, records):
+    """torch re-raises a worker's error from its text; it stays a CacheError naming the shard (not a RuntimeError)."""
+    out = tmp_path / "cache"
+    _prepare(records, out)
+    _damage(out / "shards" / "shard-00000.safetensors", "flipped")
+    loader = torch.utils.data.DataLoader(CachedClipDataset(out), batch_size=2, num_workers=1)
+    with pytest.raises(CacheError) as caught:
+        next(iter(loader))
+    assert str(caught.value).startswith(str(out / "shards" / "shard-00000.safetensors") + ": row ")
+    assert "\n" not in str(caught.value)
 
 
 def test_a_fixed_bad_file_is_decoded_on_the_rerun(tmp_path, records):
