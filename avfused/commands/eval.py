@@ -233,6 +233,7 @@ def _evaluate_checkpoint(checkpoint_path: str, args: argparse.Namespace, device,
 
 def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, extra: dict, heads=None) -> dict:
     """Pool the parts per video, print the table under its header, write the JSON (and ROC PNG)."""
+    from avfused.checkpoint import atomic_write_bytes
     from avfused.errors import ConfigError, UnreadableFilesError
     from avfused.evaluate import HEADS, Predictions, format_table, report, save_roc_plot, video_level
     from avfused.metrics import json_safe
@@ -278,7 +279,7 @@ def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, e
     out.mkdir(parents=True, exist_ok=True)
     stem = f"baseline-silence-{args.subset}" if args.baseline else f"eval-{args.subset}"
     json_path = out / f"{stem}.json"
-    json_path.write_text(json.dumps(json_safe(result), indent=2))
+    atomic_write_bytes(json_path, json.dumps(json_safe(result), indent=2).encode())  # a full disk: one error line
     print(f"wrote {json_path}")
     if not args.no_plot:
         png = out / f"roc-{args.subset}.png" if not args.baseline else out / f"{stem}.png"
@@ -292,6 +293,7 @@ def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, e
 
 def _report_folds(results: list[dict], args: argparse.Namespace) -> None:
     """Print the mean ± std table over the checkpoints' folds and write every result beside it."""
+    from avfused.checkpoint import atomic_write_bytes
     from avfused.folds import aggregate_folds, format_mean_std_table
     from avfused.metrics import json_safe
 
@@ -307,7 +309,7 @@ def _report_folds(results: list[dict], args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"eval-folds-{args.subset}.json"
     summary = {"split_sha256": shas, "checkpoints": checkpoints, "mean_std": aggregate, "folds": results}
-    path.write_text(json.dumps(json_safe(summary), indent=2))
+    atomic_write_bytes(path, json.dumps(json_safe(summary), indent=2).encode())
     print(f"wrote {path}")
 
 
