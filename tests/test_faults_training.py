@@ -28,9 +28,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 EPOCHS, STEPS_PER_EPOCH = 2, 2
 
 
-def make_trainer(out, overwrite=False, max_steps=0) -> Trainer:
+def make_trainer(out, overwrite=False, max_steps=0, workers=0) -> Trainer:
     config = tiny_config()
-    train_config = TrainConfig(epochs=EPOCHS, batch_size=4, progress=False, seed=5, max_steps=max_steps)
+    train_config = TrainConfig(epochs=EPOCHS, batch_size=4, progress=False, seed=5, max_steps=max_steps,
+                               workers=workers)  # fmt: skip
     return Trainer(
         config,
         train_config,
@@ -207,6 +208,26 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, u
         with pytest.raises(KeyboardInterrupt):
             trainer.fit()  # the second Ctrl-C comes inside step 3: nothing of it is saved
     assert load_checkpoint(tmp_path / LAST).state["step"] == STEPS_PER_EPOCH
+    assert_same_outcome(resume(tmp_path), uninterrupted)
+
+
+def test_ctrl_c_that_reaches_the_loader_workers_too_still_stops_at_a_whole_step(tmp_path, uninterrupted):
+    """A terminal's Ctrl-C goes to the data-loader workers as well: they go on serving the step's batches."""
+    trainer = make_trainer(tmp_path, workers=1)
+
+    def everyone(module, inputs, output):
+        if module.training and trainer.step == STEPS_PER_EPOCH:  # inside step 3
+            workers = multiprocessing.active_children()
+            assert workers, "no data-loader worker to send Ctrl-C to"
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    handle = trainer.model.register_forward_hook(everyone)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    handle.remove()
+    assert load_checkpoint(tmp_path / LAST).state["step"] == STEPS_PER_EPOCH + 1
     assert_same_outcome(resume(tmp_path), uninterrupted)
 
 

@@ -1,7 +1,8 @@
 """Ctrl-C while training, at a point where the run can be saved: the first SIGINT only raises a flag,
 which the loop reads between steps (after the step's counters moved and its saves finished), so the
 checkpoint it then writes is the state of whole steps only; a second SIGINT interrupts at once (and
-nothing is saved: the last checkpoint on disk stays the resume point).
+nothing is saved: the last checkpoint on disk stays the resume point). Data-loader workers forked
+meanwhile ignore SIGINT (a terminal sends it to them too), so the step's batches still arrive.
 
     with deferred_interrupts() as interrupts:   # installs the handler (main thread only; a no-op elsewhere)
         ...
@@ -11,6 +12,7 @@ nothing is saved: the last checkpoint on disk stays the resume point).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -24,8 +26,11 @@ class Interrupts:
 
     def __init__(self) -> None:
         self.requested = False
+        self.owner = os.getpid()
 
     def _handle(self, signum: int, frame: object) -> None:
+        if os.getpid() != self.owner:  # a forked data-loader worker inherited the handler: the trainer decides
+            return
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
