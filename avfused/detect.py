@@ -6,19 +6,24 @@ aggregated over the file.
                    (windows start every ``hop`` seconds; the last is aligned to the end of the file;
                    a file shorter than a window gives one padded window -- see avfused.data.decode)
         aggregate  {head: probability}: the mean over windows ("mean") or the largest ("max")
-A file that cannot be read gives a FileResult with ``error`` set (the reason), not an exception.
+A file that cannot be read (an avfused DataError or an OSError; a symbolic link loop or a link to a missing
+file is named as such) gives a FileResult with ``error`` set (the reason), not an exception; anything else
+(a bad ``hop``, a backend that cannot run) raises, once, before or at the first file.
 """
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from avfused.data.decode import ClipSpec, iter_windows
-from avfused.errors import AvfusedError
+from avfused.errors import ConfigError, DataError, MediaDecodeError, MediaNotFoundError
 from avfused.evaluate import HEADS, autocast
 
 AGGREGATES = ("mean", "max")
@@ -45,11 +50,33 @@ class FileResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def padded_seconds(self) -> float:
+        """Window time past the end of the file, summed over the windows (a short file's one window)."""
+        return float(sum(w.padded_seconds for w in self.windows))
+
     def to_dict(self) -> dict:
         data = asdict(self)
         if self.ok:
             data.pop("error")
         return data
+
+
+def check_hop(hop: float | None) -> None:
+    """A hop is a positive, finite number of seconds (None: one window length)."""
+    if hop is not None and not (math.isfinite(hop) and hop > 0):
+        raise ConfigError(f"hop must be a positive number of seconds, got {hop}")
+
+
+def _check_link(path: str | os.PathLike) -> None:
+    """A symbolic link loop or a link to nothing, named as such (not "no such file")."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MediaDecodeError(path, "is a symbolic link loop (too many levels of symbolic links)") from None
+        if os.path.islink(path):
+            raise MediaNotFoundError(path, f"is a symbolic link to {os.readlink(path)}, which does not exist") from None
 
 
 def _score_batch(model: torch.nn.Module, clips: list, device: torch.device, amp: bool) -> list[WindowScore]:
@@ -74,26 +101,37 @@ def detect_file(
     device: torch.device | str = "cpu",
     amp: bool = False,
     aggregate: str = "mean",
+    progress: bool = False,
 ) -> FileResult:
-    """Score every window of ``path`` (see the module docstring); reading errors land in ``error``."""
+    """Score every window of ``path`` (see the module docstring); reading errors land in ``error``.
+    ``progress``: a bar of the windows scored, shown when a file takes more than a second."""
     if aggregate not in AGGREGATES:
-        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+        raise ConfigError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    check_hop(hop)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device)
     model.eval()
     result = FileResult(str(path))
     pending = []
+    bar = tqdm(desc=os.path.basename(str(path)), unit="window", disable=not progress, leave=False, delay=1.0)
     try:
+        _check_link(path)
         for clip in iter_windows(path, spec, hop=hop):
             pending.append(clip)
             if len(pending) == batch_size:
                 result.windows += _score_batch(model, pending, device, amp)
+                bar.update(len(pending))
                 pending = []
         if pending:
             result.windows += _score_batch(model, pending, device, amp)
-    except (AvfusedError, OSError) as exc:
+            bar.update(len(pending))
+    except (DataError, OSError) as exc:  # the file's fault; any other error is not, and is raised
         result.error = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
         result.windows = []
         return result
+    finally:
+        bar.close()
     if not result.windows:
         result.error = f"{path}: no window could be read"
         return result

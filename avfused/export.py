@@ -14,13 +14,14 @@ ModelConfig and the batch B dynamic (>= 1, any size, whatever ``batch`` was trac
 
 Input checks where the format allows them:
     torch  T, 3, H, W, S and equal batches are checked by the program's own guards (AssertionError "Guard
-           failed: ..."); NaN or inf in an input raises RuntimeError "video holds NaN or infinite values" (an
-           assertion kept in the graph). Not named: another dtype or an empty batch fail inside the graph
+           failed: ..."); NaN or inf in an input raises RuntimeError "video holds NaN or infinite values", and
+           video outside [-0.5, 1.5] (0-255 or normalised frames) RuntimeError "video values lie outside ..."
+           (assertions kept in the graph). Not named: another dtype or an empty batch fail inside the graph
            (RuntimeError "expected scalar type ...", "cannot reshape tensor of 0 elements ...").
     onnx   shapes and dtype are checked by the runtime (onnxruntime: InvalidArgument, or Fail for unequal
            batches). ONNX has no assertion operator, so a non-finite input cannot raise: ``inputs_finite``
            is False for every clip whose video or audio holds NaN or inf, and that clip's logits mean
-           nothing. An empty batch gives empty outputs.
+           nothing. The video range is not checked. An empty batch gives empty outputs.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from avfused.errors import ExportError
+from avfused.inputs import VIDEO_REFUSED_ABOVE, VIDEO_REFUSED_BELOW
 
 FORMATS = ("onnx", "torch")
 SUFFIX = {"onnx": ".onnx", "torch": ".pt2"}
@@ -69,9 +71,15 @@ class DeployedDetector(nn.Module):
         logits = (output.clip, output.visual, output.audio)
         if self.finite_output:
             return logits + (_finite_per_clip(video, audio),)
-        # check_model_inputs skips its NaN check while tracing (a Python branch); this one stays in the graph
+        # the model skips its data-dependent checks while tracing (Python branches); these stay in the graph
         torch._assert_async(torch.isfinite(video).all(), "video holds NaN or infinite values")
         torch._assert_async(torch.isfinite(audio).all(), "audio holds NaN or infinite values")
+        in_range = ((video >= VIDEO_REFUSED_BELOW) & (video <= VIDEO_REFUSED_ABOVE)).all()
+        torch._assert_async(
+            in_range,
+            f"video values lie outside [{VIDEO_REFUSED_BELOW}, {VIDEO_REFUSED_ABOVE}]: "
+            "the model expects RGB in [0, 1] (divide 0-255 frames by 255; do not normalise them)",
+        )
         return logits
 
 

@@ -4,6 +4,8 @@ model(video (B, T, 3, H, W) in [0, 1], audio (B, S) 16 kHz mono) -> ModelOutput 
 ``clip``, ``visual``, ``audio`` (B, 2), index 1 = fake. In training, when the config enables them,
 ``mismatch`` (clip head on mismatched audio-visual pairs, target fake) and ``style_visual`` /
 ``style_audio`` (the adversarial statistics probes) are filled too; in eval they are None.
+Floating-point inputs of another dtype are cast to the model's; video far outside [0, 1] is refused
+(avfused.inputs.prepare_model_inputs).
 
 ModelOutput is a registered pytree (a dataclass whose None fields drop out), so ``torch.export.export``
 and ``torch.compile`` take the model as it is; ``avfused.export`` writes deployable files.
@@ -19,7 +21,7 @@ from torch import nn
 
 from avfused.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from avfused.errors import WeightShapeMismatchError
-from avfused.inputs import check_model_inputs
+from avfused.inputs import prepare_model_inputs
 from avfused.nn.block import CAVLBlock
 from avfused.nn.classifier import ClassificationModule
 from avfused.nn.frontend import AudioStem
@@ -157,11 +159,14 @@ class SingleStreamNet(nn.Module):
     @backend.setter
     def backend(self, name: str) -> None:
         """Set the backend of every hot module (a forced backend is checked when a call runs)."""
-        from avfused.backends import check_name, unavailable_reason
+        from avfused.backends import FUSED_OPS, check_name, op_module, unavailable_reason
 
         self._backend = check_name(name)
         if name != "auto":
-            unavailable_reason(name)  # imports the backend now, so a later torch.compile need not
+            unavailable_reason(name)
+        if name != "torch":  # import the ops' modules now: an import inside a compiled forward breaks the graph
+            for op in FUSED_OPS:
+                op_module(op)
         for module in self.modules():
             if module is not self and hasattr(module, "backend"):
                 module.backend = name
@@ -176,7 +181,7 @@ class SingleStreamNet(nn.Module):
         return video, audio
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> ModelOutput:
-        check_model_inputs(video, audio, self.config)
+        video, audio = prepare_model_inputs(video, audio, self.config, self.pixel_mean.dtype)  # cast, range check
         video, audio = self.features(video, audio)
         c = self.config
         training = self.training

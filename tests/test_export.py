@@ -104,6 +104,8 @@ def test_torch_file_keeps_the_input_checks(torch_program):
     bad[0, 0, 0, 0, 0] = float("nan")
     with pytest.raises(RuntimeError, match="video holds NaN"):
         torch_program(bad, audio)
+    with pytest.raises(RuntimeError, match="outside"):
+        torch_program(video * 255, audio)  # 0-255 frames
     with pytest.raises(Exception, match="Guard failed"):
         torch_program(video[:, :2], audio)
 

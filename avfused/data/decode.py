@@ -27,6 +27,10 @@ videos: starts 0, hop, 2 hop, ... while a whole window fits, then one last windo
 of the file (so every instant is covered and no window is padded unless the file is shorter than one
 window, which yields exactly one padded window).
 
+Degenerate frames: a video whose frames are under MIN_FRAME_SIDE pixels on a side, or more than
+MAX_FRAME_ASPECT times longer than wide (or wide than long), raises DegenerateFrameError: its square
+crop would be a sliver (a 1x2000 video: one pixel), not a face.
+
 Bad input raises a named :mod:`avfused.errors` DataError with the path and the reason.
 """
 
@@ -55,6 +59,7 @@ from avfused.data.features import (
 )
 from avfused.errors import (
     ConfigError,
+    DegenerateFrameError,
     EmptyMediaError,
     MediaDecodeError,
     MediaNotFoundError,
@@ -66,6 +71,9 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".m
 PAD_MODES = ("hold", "loop")
 # seek this far before a window so the audio packets interleaved just before the key frame are read too
 _SEEK_MARGIN_S = 0.5
+# frames this small or this elongated give no usable square crop (see the module docstring)
+MIN_FRAME_SIDE = 8
+MAX_FRAME_ASPECT = 4.0
 
 
 @dataclass(frozen=True)
@@ -405,7 +413,18 @@ def _crop(images: np.ndarray, spec: ClipSpec) -> tuple[np.ndarray, FaceReport | 
     return FaceCropper(spec.faces, margin=spec.face_margin)(images, spec.image_size)
 
 
+def _check_frame_shape(width: int, height: int, path: object) -> None:
+    side, long = min(width, height), max(width, height)
+    if side < MIN_FRAME_SIDE or long > MAX_FRAME_ASPECT * side:
+        raise DegenerateFrameError(
+            path,
+            f"frames are {width}x{height}: a square crop would be {side}x{side} pixels of it; avfused needs at least "
+            f"{MIN_FRAME_SIDE} pixels a side and an aspect ratio up to {MAX_FRAME_ASPECT:g}:1",
+        )
+
+
 def _clip_from_span(span: _Span, start: float, spec: ClipSpec, path: object) -> Clip:
+    _check_frame_shape(span.frames[0].width, span.frames[0].height, path)
     picks, content, padded = _pick(span, start, spec)
     cache: dict[int, np.ndarray] = {}
     for index in picks:
