@@ -154,9 +154,10 @@ def test_detect_decides_at_the_checkpoints_threshold_unless_told_otherwise(video
         document, err = _detect(path, video, capsys)
         assert document["threshold"] == pytest.approx(score + offset) and "note:" not in err
         assert main(["detect", str(path), str(video), "--backend", "torch"]) == 0
-        lines = capsys.readouterr().out.splitlines()
-        assert lines[0].startswith(f"threshold {score + offset:.4f}: calibrated in training")
-        assert f": {verdict} " in lines[1]
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"threshold {score + offset:.4f}: calibrated in training")
+        (line,) = captured.out.splitlines()  # one line per file
+        assert f": {verdict} " in line
     document, _ = _detect(path, video, capsys, "--threshold", "0.0")  # the override wins
     assert document["threshold"] == 0.0 and document["threshold_source"] == "given with --threshold"
 

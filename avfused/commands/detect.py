@@ -85,10 +85,11 @@ def run(args: argparse.Namespace) -> int:
     decision = decision_threshold(checkpoint)
     if args.threshold is not None:
         decision = Decision(args.threshold, "given with --threshold", False)
-    if not args.json:
-        print(f"threshold {decision.threshold:.4f}: {decision.source}")
-    elif not decision.calibrated and args.threshold is None:
+    # on stderr, so that stdout keeps one line per file (or the JSON document)
+    if args.threshold is None and not decision.calibrated:
         print(f"note: threshold {decision.threshold}: {decision.source}", file=sys.stderr)
+    elif not args.json:
+        print(f"threshold {decision.threshold:.4f}: {decision.source}", file=sys.stderr)
     results, failed = [], 0
     for path in args.videos:
         amp = device.type == "cuda"
