@@ -49,10 +49,14 @@ _AUTO_ORDER_TRAINING = {"cuda": ("cuda", "triton"), "cpu": ()}
 _logged: set[tuple] = set()
 # (backend, device type) -> reason, computed once: later calls (and torch.compile's tracing) read a dict
 _reasons: dict[tuple[str, str], str | None] = {}
+_prepared = False  # prepare() has run
 
 
 def log_once(key: tuple, message: str, *args: object) -> None:
-    """Log ``message`` at INFO the first time ``key`` is seen."""
+    """Log ``message`` at INFO the first time ``key`` is seen (outside torch.compile's tracing, which cannot
+    trace a logging call: the message comes with the first eager call)."""
+    if torch.compiler.is_compiling():
+        return
     if key not in _logged:
         _logged.add(key)
         log.info(message, *args)
@@ -223,6 +227,21 @@ def _how_to_get(name: str) -> str:
     if name == "cuda":
         return "Build the extension: pip install --no-build-isolation -e . (needs a compiler; nvcc for the GPU part)."
     return ""
+
+
+def prepare() -> None:
+    """Import every fused op's module and find out which backends run here, once, so that later calls (and
+    torch.compile's tracing of them, which cannot follow an import) only read what is ready. The hot
+    modules of avfused.nn call it when they are built."""
+    global _prepared
+    if _prepared:
+        return
+    for op in FUSED_OPS:
+        op_module(op)
+    for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        for name in ("triton", "cuda"):
+            unavailable_reason(name, device)
+    _prepared = True
 
 
 def op_module(op: str):

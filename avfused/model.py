@@ -159,14 +159,11 @@ class SingleStreamNet(nn.Module):
     @backend.setter
     def backend(self, name: str) -> None:
         """Set the backend of every hot module (a forced backend is checked when a call runs)."""
-        from avfused.backends import FUSED_OPS, check_name, op_module, unavailable_reason
+        from avfused.backends import check_name, unavailable_reason
 
         self._backend = check_name(name)
         if name != "auto":
             unavailable_reason(name)
-        if name != "torch":  # import the ops' modules now: an import inside a compiled forward breaks the graph
-            for op in FUSED_OPS:
-                op_module(op)
         for module in self.modules():
             if module is not self and hasattr(module, "backend"):
                 module.backend = name

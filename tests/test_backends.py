@@ -126,3 +126,26 @@ def test_a_forced_backend_fails_loudly_for_an_op_it_lacks_on_the_device(monkeypa
     with pytest.raises(BackendUnavailableError, match="no kernel for conv_mlp on cuda"):
         backends.get_op("conv_mlp", "cuda", "cuda")
     assert backends.get_op("conv_mlp", "ext", "cpu") is conv_mlp.ext
+
+
+def test_compile_traces_the_first_call_of_a_fresh_process():
+    """No import or logging inside the traced call: auto on the whole model, a forced backend on one block."""
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from avfused import ModelConfig, SingleStreamNet, available_backends
+from avfused.nn import CAVLBlock
+config = ModelConfig(widths=(4, 8), depths=(1, 1), frames=3, image_size=30, clip_seconds=0.06, sinc_filters=8,
+                     sinc_kernel_size=31)
+model = SingleStreamNet(config).eval()
+video, audio = torch.rand(1, 3, 3, 30, 30), torch.randn(1, config.num_samples)
+torch.compile(model, fullgraph=True, backend="eager")(video, audio)
+forced = "cuda" if available_backends("cpu")["cuda"] is None else "torch"  # the C++ path where it is built
+block = CAVLBlock(4, 3, config.num_tokens(0), backend=forced).eval()
+torch.compile(block, fullgraph=True, backend="eager")(torch.randn(1, 4, 3, 8, 8), torch.randn(1, 4, 240))
+print("compiled")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-2000:]

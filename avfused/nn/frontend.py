@@ -77,6 +77,7 @@ class AudioStem(nn.Module):
         super().__init__()
         self.config = config or ModelConfig()
         self.backend = backend
+        backends.prepare()  # imports and lookups now, not inside a call torch.compile traces
         self.frontend = AudioFrontEnd(self.config)
         out_channels = channels or self.config.widths[0]
         self.weight = nn.Parameter(torch.empty(out_channels, self.config.sinc_filters, reference.STEM_KERNEL))

@@ -51,6 +51,7 @@ class SAAVM(nn.Module):
     ) -> None:
         super().__init__()
         self.backend = backend
+        backends.prepare()  # imports and lookups now, not inside a call torch.compile traces
         self.frames, self.window = frames, window
         dim = window * window
         self.video_squeeze = nn.Sequential(

@@ -36,6 +36,7 @@ class LargeKernelAttention(nn.Module):
     def __init__(self, channels: int, backend: str = "auto") -> None:
         super().__init__()
         self.backend = backend
+        backends.prepare()  # imports and lookups now, not inside a call torch.compile traces
         self.dw5 = nn.Conv2d(channels, channels, 5, padding=2, groups=channels)
         self.dw7 = nn.Conv2d(channels, channels, 7, padding=9, dilation=3, groups=channels)
         self.pw = nn.Conv2d(channels, channels, 1)
@@ -51,6 +52,7 @@ class ConvMLP(nn.Module):
     def __init__(self, channels: int, ratio: int = 4, backend: str = "auto") -> None:
         super().__init__()
         self.backend = backend
+        backends.prepare()  # imports and lookups now, not inside a call torch.compile traces
         hidden = channels * ratio
         self.expand = nn.Conv2d(channels, hidden, 1)
         self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
