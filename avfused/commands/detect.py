@@ -1,8 +1,9 @@
 """``avfused detect CKPT VIDEO...``: fake probabilities of the clip, visual and audio heads for each file.
 
 Long videos are scored in sliding windows of the model's clip length (``--hop`` seconds apart) and the
-windows aggregated (``--aggregate mean|max``). A file that cannot be read prints one line with the
-reason; the other files go on, and the exit status is 1.
+windows aggregated (``--aggregate mean|max``). Each file is decoded in one pass, its next windows while
+the model scores the last (``--decode seek`` reads every window on its own, as before). A file that cannot
+be read prints one line with the reason; the other files go on, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--windows", action="store_true", help="also print every window's scores")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument(
+        "--decode",
+        choices=["stream", "seek"],
+        default="stream",
+        help="stream: one pass over each file, each frame decoded once; seek: every window read on its own",
+    )
     parser.add_argument("--backend", default="auto", help="kernels: auto, torch, triton, cuda")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
     parser.add_argument(
@@ -56,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     results, failed = [], 0
     for path in args.videos:
         amp = device.type == "cuda"
-        result = detect_file(model, path, spec, args.hop, args.batch_size, device, amp, args.aggregate)
+        result = detect_file(model, path, spec, args.hop, args.batch_size, device, amp, args.aggregate, args.decode)
         results.append(result)
         if not result.ok:
             failed += 1
