@@ -1,23 +1,30 @@
-"""Sliding windows of a video file from one decoding pass: each frame is decoded once.
+"""Sliding windows of a video file from one decoding pass: each frame is decoded at most once.
 
 ``stream_windows(path, spec, starts)`` yields, for each window start (ascending seconds), the Clip that
-``read_clip(path, spec, start=start)`` gives -- video (T, 3, size, size), audio (S,), padding and face
-report alike -- but reads the file once instead of seeking back to a key frame for every window:
+``read_clip(path, spec, start=start)`` gives -- video (T, 3, size, size), audio (S,), frame times, padding
+and face report alike -- but reads the file once instead of seeking back to a key frame for every window:
 
-- the video and audio are decoded in file order (the video decoder's threads on); a window is cut as
-  soon as both have passed its end (or the video has passed it by ``AUDIO_WAIT_S``: the audio track ended);
+- video and audio are decoded in file order (the video decoder's threads on); a window is cut as soon as
+  both have passed its end (or the video has passed it by ``AUDIO_WAIT_S``: the audio track ended);
+- a video packet whose frame no window can pick (judged by its presentation time) is decoded only when
+  other frames refer to it: FFmpeg skips non-reference frames on request (most B-frames are such);
 - only the frames on screen at some window's sampling instants stay in memory (under ``pad="loop"``,
   which wraps to frames known only at the end, every frame of a pending window), and a frame is converted
-  to RGB once, when the first window uses it; skipped frames are never converted;
+  to RGB once, when the first window uses it; other frames are never converted;
 - audio is kept from the earliest pending window's start on;
 - when the next window starts more than ``SEEK_GAP_S`` after the decoded position (a hop much longer
   than the window), the pass seeks there as read_clip does rather than decoding the gap.
+
+One difference from read_clip: AAC's noise-substituted bands (PNS) come from a random generator in
+FFmpeg's decoder, so after a seek they decode differently; read_clip's audio of a window then depended on
+where its seek landed, while one pass decodes them as a straight decode of the file does.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +49,7 @@ from avfused.data.decode import (
 )
 from avfused.errors import ConfigError, EmptyMediaError, MediaDecodeError, TruncatedMediaError
 
+_REORDER_DEPTH = 17  # H.264 allows 16 B-frames between references: enough packet times to bound a frame's end
 SEEK_GAP_S = 10.0  # decoding forward is cheaper than a seek unless the gap exceeds a key-frame interval
 AUDIO_WAIT_S = 10.0  # muxers interleave tracks within seconds (FFmpeg's max_interleave_delta: 10 s)
 
@@ -85,6 +93,7 @@ class _Pass:
         self.fps, self.origin, self.rate = fps, origin, rate
         self.decoded_video = False
         self.last_video = -math.inf  # time of the latest video frame, across seeks
+        self.skipped_until = -math.inf  # the latest time of a frame left undecoded
         self.audio_end = -math.inf
         self.restart(0.0)
 
@@ -98,6 +107,7 @@ class _Pass:
         self.stretch_audio = -math.inf
         self.first_packet: float | None = None  # AVI: frames are counted from the first packet
         self.shown = 0
+        self.packet_times: deque[float] = deque(maxlen=_REORDER_DEPTH)
 
     def frame_time(self, frame: av.VideoFrame, count_frames: bool) -> float:
         """The frame's time as read_clip reckons it (AVI: counted at the constant rate it implies)."""
@@ -109,6 +119,17 @@ class _Pass:
             t = self.stretch_video + 1.0 / self.fps
         self.shown += 1
         return t
+
+    def wanted(self, t: float, windows: Sequence[_Window], first: int) -> bool:
+        """Whether the frame of a video packet presented at ``t`` may be picked by a window from ``first``
+        on. It is on screen until the next frame, which comes no later than the earliest later time among
+        the packets read so far (a B-frame follows the frames it refers to); an undecided one is wanted."""
+        following = min((u for u in self.packet_times if u > t), default=math.inf)
+        self.packet_times.append(t)
+        if _kept_by(windows, first, t, following):
+            return True
+        self.skipped_until = max(self.skipped_until, t)
+        return False
 
     def reached(self) -> float:
         """How far this stretch has decoded the video (the seek target before its first frame)."""
@@ -186,7 +207,11 @@ def _on_screen(instants: np.ndarray, shown: float, replaced: float) -> bool:
 
 
 def stream_windows(
-    path: str | os.PathLike, spec: ClipSpec, starts: Sequence[float], seek_gap: float = SEEK_GAP_S
+    path: str | os.PathLike,
+    spec: ClipSpec,
+    starts: Sequence[float],
+    seek_gap: float = SEEK_GAP_S,
+    skip_unneeded: bool = True,
 ) -> Iterator[Clip]:
     """The Clip of each window start, from one pass over the file (see the module docstring)."""
     if any(b < a for a, b in zip(starts, starts[1:], strict=False)):
@@ -197,6 +222,9 @@ def stream_windows(
     with _open(path) as container:
         vstream, astream = _streams(container, path)
         count_frames = container.format.name == "avi"  # as in _decode_span: AVI stores no presentation times
+        # frames no window picks need not be decoded unless others refer to them (FFmpeg skips the
+        # non-reference ones); AVI's counted frame times need every frame
+        skippable = skip_unneeded and not count_frames
         state = _Pass(_fps(vstream), _origin(vstream), astream.codec_context.sample_rate or 0)
         index = 0  # the first window not yet yielded
         while True:
@@ -211,6 +239,10 @@ def stream_windows(
                     if count_frames and state.first_packet is None and packet.stream is vstream:
                         if packet.dts is not None:
                             state.first_packet = float(packet.dts * vstream.time_base) - state.origin
+                    if skippable and packet.stream is vstream and packet.pts is not None:
+                        t = float(packet.pts * vstream.time_base) - state.origin
+                        wanted = state.wanted(t, windows, index)
+                        vstream.codec_context.skip_frame = "DEFAULT" if wanted else "NONREF"
                     for frame in packet.decode():
                         if isinstance(frame, av.VideoFrame):
                             t = state.frame_time(frame, count_frames)
@@ -243,7 +275,7 @@ def _windows_at_the_end(container, vstream, state: _Pass, windows: Sequence[_Win
         if declared:
             raise TruncatedMediaError(path, f"the container declares {declared:.3f} s but no video frame decodes")
         raise EmptyMediaError(path, "the video track holds no decodable frames")
-    media_end = state.last_video + 1.0 / state.fps
+    media_end = max(state.last_video, state.skipped_until) + 1.0 / state.fps
     for i, window in enumerate(windows):
         span = state.span(window, media_end, path)
         if i == 0:
