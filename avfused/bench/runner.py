@@ -10,13 +10,15 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
-from avfused.bench import hardware, timing, work
+from avfused.bench import detection, hardware, timing, work
 from avfused.bench.cases import MODEL, MODES, SUBJECTS, Case, model_step, op_inputs, op_step, plan_cases
 from avfused.bench.targets import TargetResult, evaluate_targets
 from avfused.bench.variants import FUSED, VARIANTS, FallbackError, Implementations, variant_label, variant_status
@@ -43,6 +45,8 @@ class Settings:
     quick: bool = False
     command: str = ""
     time_limit_s: float | None = None  # start no new measurement after this long; the rest is reported as skipped
+    detect_presets: Sequence[str] = detection.PRESETS  # model presets of the detect case (when subjects has it)
+    video_dir: Path | None = None  # where the detect case's video is kept (None: a temp dir; --quick: removed)
 
 
 @dataclass
@@ -81,6 +85,7 @@ class BenchResult:
     variants: dict[str, str | None]
     rows: list[Row] = field(default_factory=list)
     targets: list[TargetResult] = field(default_factory=list)
+    detection: list[detection.DetectionRow] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -88,6 +93,7 @@ class BenchResult:
             "variants": self.variants,
             "rows": [asdict(row) for row in self.rows],
             "targets": [asdict(target) | {"verdict": target.verdict} for target in self.targets],
+            "detection": [row.to_dict() for row in self.detection],
         }
 
 
@@ -234,13 +240,15 @@ def _run(settings: Settings, log: Callable[[str], None]) -> BenchResult:
             status[name] = "not selected (--backends)"
     result = BenchResult(describe_run(settings), status)
     runnable = [name for name in VARIANTS if status[name] is None]
-    cases = plan_cases(settings.subjects, settings.modes, settings.batch_sizes)
+    cases = plan_cases([s for s in settings.subjects if s in SUBJECTS], settings.modes, settings.batch_sizes)
     cases.sort(key=lambda case: case.subject != MODEL)  # the model first: the targets need it if time runs out
     implementations = Implementations(settings.config, settings.device)
     figures = _WorkFigures(settings.config, settings.device)
     total, done = len(cases) * len(runnable), 0
     started = time.perf_counter()
     for case in cases:
+        if case.subject != MODEL and detection.DETECT in settings.subjects and not result.detection:
+            result.detection = _run_detection(settings, started, log)  # after the model: a target too
         case_work = figures(case)
         for variant in runnable:
             done += 1
@@ -253,7 +261,25 @@ def _run(settings: Settings, log: Callable[[str], None]) -> BenchResult:
             result.rows.append(row)
             shown = f"{row.median_ms:.3f} ms" if row.status == "ok" else f"{row.status}: {row.reason}"
             log(f"[{done}/{total}] {case.subject} {case.mode} batch {case.batch} {row.label}: {shown}")
+    if detection.DETECT in settings.subjects and not result.detection:
+        result.detection = _run_detection(settings, started, log)
     add_ratios(result.rows)
     fused_status = {variant_label(name, settings.device): status[name] for name in FUSED}
     result.targets = evaluate_targets(result.rows, settings.device.type, fused_status)
+    if detection.DETECT in settings.subjects:
+        result.targets += detection.detection_targets(result.detection, settings.device.type, settings.quick)
     return result
+
+
+def _run_detection(settings: Settings, started: float, log: Callable[[str], None]) -> list[detection.DetectionRow]:
+    """The end-to-end detect case: the detect presets on the 720p video (--quick: the tiny config and video)."""
+    if settings.quick:
+        presets, video = [(settings.config_name, settings.config)], detection.QUICK_VIDEO
+    else:
+        presets, video = [(name, ModelConfig.preset(name)) for name in settings.detect_presets], detection.FULL_VIDEO
+    deadline = None if settings.time_limit_s is None else started + settings.time_limit_s
+    if settings.video_dir is None and settings.quick:  # a tiny video, made in a second: not worth keeping
+        with tempfile.TemporaryDirectory(prefix="avfused-bench-") as folder:
+            return detection.run_detection(presets, video, Path(folder), settings.device, log, deadline)
+    folder = detection.DEFAULT_VIDEO_DIR if settings.video_dir is None else Path(settings.video_dir)
+    return detection.run_detection(presets, video, folder, settings.device, log, deadline)
