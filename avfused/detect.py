@@ -7,6 +7,7 @@ aggregated over the file.
                    a file shorter than a window gives one padded window -- see avfused.data.decode)
         aggregate  {head: probability}: the mean over windows ("mean") or the largest ("max")
         timings    DetectTimings: wall, decoding, model and waiting seconds
+    default_threads() -> int: torch threads for the model beside decoding (idle cores less one)
 A file that cannot be read gives a FileResult with ``error`` set (the reason), not an exception.
 
 Decoding (one pass over the file by default, see avfused.data.windows) runs in a producer thread a bounded
@@ -148,6 +149,14 @@ def _score_batch(model: torch.nn.Module, clips: list, device: torch.device, amp:
                     c.padded_seconds)
         for i, c in enumerate(clips)
     ]  # fmt: skip
+
+
+def default_threads() -> int:
+    """Torch threads for detection when none are asked for: one per idle core less the one that decoding,
+    beside the model, keeps busy (at least 1). More threads than cores stall torch's at every operator."""
+    from avfused.training.threads import idle_cores
+
+    return max(1, idle_cores() - 1)
 
 
 def _timed_batch(model, clips: list, device: torch.device, amp: bool, timings: DetectTimings) -> list[WindowScore]:

@@ -124,3 +124,12 @@ def test_threaded_h264_decoding_with_seeks_finishes(tmp_path, model):
     duration, seconds = probe(video).duration, model.config.clip_seconds
     expected = [len(window_starts(duration, seconds, hop, slack=1 / 25)) for hop in (0.5, 12.0)]
     assert [int(line) for line in done.stdout.split()] == expected
+
+
+def test_default_threads_leave_a_core_to_decoding(monkeypatch):
+    from avfused import detect
+    from avfused.training import threads
+
+    for idle, expected in ((8, 7), (2, 1), (1, 1)):
+        monkeypatch.setattr(threads, "idle_cores", lambda idle=idle: idle)
+        assert detect.default_threads() == expected

@@ -166,7 +166,8 @@ def _detection_section(result: BenchResult) -> list[str]:
         "`avfused detect`'s work on a generated talking-face video, random weights, default hop (back-to-back "
         "windows). Decoding runs in a thread beside the model, so decode s (that thread's busy time: decoding, "
         "RGB conversion, crops, resampling) and model s (the forward passes) overlap; waiting s: the model "
-        "waiting for windows; CPU s: the process's CPU time (steadier than wall time on a busy machine).",
+        "waiting for windows; CPU s: the process's CPU time (steadier than wall time on a busy machine). "
+        f"The fastest of {first.runs} run{'s' if first.runs != 1 else ''} per model.",
         "",
         _table(DETECTION_COLUMNS, [_detection_cells(row) for row in rows]),
     ]

@@ -47,6 +47,7 @@ class Settings:
     time_limit_s: float | None = None  # start no new measurement after this long; the rest is reported as skipped
     detect_presets: Sequence[str] = detection.PRESETS  # model presets of the detect case (when subjects has it)
     video_dir: Path | None = None  # where the detect case's video is kept (None: a temp dir; --quick: removed)
+    detect_threads: int = 0  # torch threads of the detect case (0: as avfused detect picks them)
 
 
 @dataclass
@@ -273,13 +274,21 @@ def _run(settings: Settings, log: Callable[[str], None]) -> BenchResult:
 
 def _run_detection(settings: Settings, started: float, log: Callable[[str], None]) -> list[detection.DetectionRow]:
     """The end-to-end detect case: the detect presets on the 720p video (--quick: the tiny config and video)."""
+    from avfused.detect import default_threads  # PyAV and OpenCV: only for this case
+
     if settings.quick:
-        presets, video = [(settings.config_name, settings.config)], detection.QUICK_VIDEO
+        presets, video, runs = [(settings.config_name, settings.config)], detection.QUICK_VIDEO, 1
     else:
-        presets, video = [(name, ModelConfig.preset(name)) for name in settings.detect_presets], detection.FULL_VIDEO
+        presets = [(name, ModelConfig.preset(name)) for name in settings.detect_presets]
+        video, runs = detection.FULL_VIDEO, detection.RUNS
     deadline = None if settings.time_limit_s is None else started + settings.time_limit_s
+    with detection.torch_threads(settings.detect_threads or default_threads()):
+        return _detection_rows(settings, presets, video, runs, deadline, log)
+
+
+def _detection_rows(settings: Settings, presets, video, runs: int, deadline, log) -> list[detection.DetectionRow]:
     if settings.video_dir is None and settings.quick:  # a tiny video, made in a second: not worth keeping
         with tempfile.TemporaryDirectory(prefix="avfused-bench-") as folder:
-            return detection.run_detection(presets, video, Path(folder), settings.device, log, deadline)
+            return detection.run_detection(presets, video, Path(folder), settings.device, log, deadline, runs)
     folder = detection.DEFAULT_VIDEO_DIR if settings.video_dir is None else Path(settings.video_dir)
-    return detection.run_detection(presets, video, folder, settings.device, log, deadline)
+    return detection.run_detection(presets, video, folder, settings.device, log, deadline, runs)

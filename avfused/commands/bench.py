@@ -86,7 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="start no new measurement after this long (0: no limit); the model runs first, the rest is listed skipped",
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's choice; detect: as avfused detect picks)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument(
         "--quick", action="store_true", help="tiny shapes, no torch.compile, 2 repeats: checks the harness (CI)"
@@ -142,6 +144,7 @@ def settings_from_args(args: argparse.Namespace):
         time_limit_s=args.time_limit or None,
         command=_command_line(),
         video_dir=args.video_dir,
+        detect_threads=args.threads or (1 if args.quick else 0),
     )
 
 

@@ -34,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", help="kernels: auto, torch, triton, cuda")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
     parser.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for torch (0: one per idle core, from the load average)"
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: one per idle core, from the load average, less one for decoding)",
     )
 
 
@@ -50,11 +53,11 @@ def _line(result, threshold: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from avfused.checkpoint import load_checkpoint, load_model
     from avfused.data.decode import ClipSpec
-    from avfused.detect import detect_file
+    from avfused.detect import default_threads, detect_file
     from avfused.evaluate import resolve_device
     from avfused.training.threads import set_threads
 
-    set_threads(args.threads)
+    set_threads(args.threads or default_threads())
     checkpoint = load_checkpoint(args.checkpoint)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.backend, device)
