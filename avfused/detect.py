@@ -12,7 +12,8 @@ A file that cannot be read gives a FileResult with ``error`` set (the reason), n
 
 Decoding (one pass over the file by default, see avfused.data.windows) runs in a producer thread a bounded
 number of windows ahead of the model, so the next windows decode while the model scores these (FFmpeg and
-torch release the GIL); that thread runs its own torch work (audio resampling) on one thread.
+torch release the GIL); that thread runs its own torch work (audio resampling) on one thread. Batches grow
+1, 2, 4 ... up to ``batch_size`` windows, so the model starts as soon as the first window is decoded.
 """
 
 from __future__ import annotations
@@ -187,14 +188,15 @@ def detect_file(
     timings = result.timings
     started = time.perf_counter()
     pending = []
+    size = 1  # batches grow 1, 2, 4 ... to batch_size: the model starts on the first window, not the eighth
     try:
         windows = _background(lambda: iter_windows(path, spec, hop=hop, decode=decode), batch_size, timings)
         with contextlib.closing(windows):  # stops the producer whatever ends the loop
             for clip in windows:
                 pending.append(clip)
-                if len(pending) == batch_size:
+                if len(pending) >= size:
                     result.windows += _timed_batch(model, pending, device, amp, timings)
-                    pending = []
+                    pending, size = [], min(2 * size, max(batch_size, 1))
         if pending:
             result.windows += _timed_batch(model, pending, device, amp, timings)
     except (AvfusedError, OSError) as exc:

@@ -133,3 +133,14 @@ def test_default_threads_leave_a_core_to_decoding(monkeypatch):
     for idle, expected in ((8, 7), (2, 1), (1, 1)):
         monkeypatch.setattr(threads, "idle_cores", lambda idle=idle: idle)
         assert detect.default_threads() == expected
+
+
+def test_batches_grow_so_the_model_starts_on_the_first_window(tmp_path, model):
+    path = write_file(tmp_path / "clip.mp4", frames=50)  # 2 s: windows at 0, 0.1, ... 1.6
+    sizes = []
+    hook = model.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    try:
+        result = detect_file(model, path, _spec(model), hop=0.1, batch_size=4)
+    finally:
+        hook.remove()
+    assert len(result.windows) == 17 and sizes == [1, 2, 4, 4, 4, 2]

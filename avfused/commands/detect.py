@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faces", default=None, help="face crops: none, auto, haar, skin (default: as trained)")
     parser.add_argument("--windows", action="store_true", help="also print every window's scores")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="windows per forward pass (the first passes take 1, 2, 4 ...)"
+    )
     parser.add_argument(
         "--decode",
         choices=["stream", "seek"],
