@@ -2,9 +2,9 @@
 
     pip install --no-build-isolation -e .        # CPU module always, CUDA module when nvcc is found
 
-Two extension modules, so a CPU-only build still works:
-    avfused._C_cpu   csrc/registration.cpp, csrc/cpu/*.cpp        (C++ with OpenMP)
-    avfused._C_cuda  csrc/cuda/*.cu, csrc/cuda/registration_cuda.cpp
+Two extension modules, so a CPU-only build still works; each op's sources are in csrc/<op>/:
+    avfused._C_cpu   csrc/module_cpu.cpp, csrc/<op>/<op>_cpu.cpp                       (C++ with OpenMP)
+    avfused._C_cuda  csrc/module_cuda.cpp, csrc/<op>/<op>_cuda.cu, csrc/<op>/<op>_cuda_host.cpp
 
 Switches (environment):
     AVFUSED_SKIP_BUILD=1        build no extension (pure-Python install; the 'cuda' backend says why)
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 RECORD_NAME = "_build_info.json"
@@ -83,6 +83,11 @@ def default_max_jobs() -> int:
     return max(1, min(cores, by_memory))
 
 
+def sources(pattern: str) -> list[str]:
+    """Every op's source files matching ``pattern`` (csrc/<op>/<pattern>), relative to the project root."""
+    return sorted(str(path.relative_to(ROOT)) for path in ROOT.glob(f"csrc/*/{pattern}"))
+
+
 def wheel_cuda_include_dirs() -> list[str]:
     """CUDA library headers (cusparse, cublas, ...) that torch's pip wheels ship under site-packages/nvidia."""
     dirs = []
@@ -115,12 +120,7 @@ else:
     ext_modules.append(
         CppExtension(
             "avfused._C_cpu",
-            sources=[
-                "csrc/registration.cpp",
-                "csrc/cpu/frontend_stem_cpu.cpp",
-                "csrc/cpu/token_attention_cpu.cpp",
-                "csrc/cpu/vpm_cpu.cpp",
-            ],
+            sources=["csrc/module_cpu.cpp", *sources("*_cpu.cpp")],
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=["-fopenmp"],
         )
@@ -134,11 +134,7 @@ else:
         ext_modules.append(
             CUDAExtension(
                 "avfused._C_cuda",
-                sources=[
-                    "csrc/cuda/registration_cuda.cpp",
-                    "csrc/cuda/frontend_stem_cuda.cu",
-                    "csrc/cuda/token_attention_cuda.cu",
-                ],
+                sources=["csrc/module_cuda.cpp", *sources("*_cuda.cu"), *sources("*_cuda_host.cpp")],
                 include_dirs=wheel_cuda_include_dirs(),
                 extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3", "-lineinfo"]},
             )
@@ -184,4 +180,7 @@ else:
 if not ext_modules:  # still leave a record so the backend can say why it is missing
     (ROOT / "avfused" / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
 
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+# every package under avfused/, and kernels/ as avfused.kernels (pyproject.toml maps the folder)
+PACKAGES = [*find_packages(include=["avfused", "avfused.*"]), "avfused.kernels"]
+
+setup(packages=PACKAGES, ext_modules=ext_modules, cmdclass=cmdclass)

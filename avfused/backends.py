@@ -1,19 +1,20 @@
 """Which implementation of the hot ops runs: per call, from the tensors' device and what is installed.
 
 Backends: ``torch`` (the pure-PyTorch reference in ``avfused.reference``, always there), ``triton``
-(``avfused.ops.triton_impl``) and ``cuda`` (the C++/CUDA extension, ``avfused.ops.cuda_impl``,
-whose CPU part is a fused path for CPU inference).
+(Triton kernels) and ``cuda`` (the C++/CUDA extension built from ``csrc/``; also called ``ext``: on CPU
+tensors it runs its C++ half, a fused path for CPU inference, shown as ``cpp`` in the benchmarks).
 
-Choice: ``backend=`` on a module or model, else the ``AVFUSED_BACKEND`` environment variable, else
-``auto``. A forced backend that cannot run raises BackendUnavailableError saying why and how to get
-it. ``auto`` takes, in order, cuda then triton on a GPU, and cuda (its C++ CPU part) on the CPU for
-inference, but the reference for training on the CPU (a module in train mode under autograd; see
-_AUTO_ORDER_TRAINING); it falls back to the reference and says so once in the log. The Triton interpreter
+Every fused op has one module, ``avfused.ops.<op>``, named as the reference function it implements,
+whose ``triton`` and ``ext`` functions are the two fused backends (same signature as the reference);
+its ``EXT_DEVICES`` says where the extension has kernels for it.
+
+Choice, per call and per op: ``backend=`` on a module or model, else the ``AVFUSED_BACKEND``
+environment variable, else ``auto``. A forced backend that cannot run on the device, or has no kernel
+for the op there, raises BackendUnavailableError saying why and how to get it. ``auto`` sends each op to
+the first backend that implements it on that device: cuda then triton on a GPU, cuda (its C++ CPU part)
+on the CPU for inference, the reference for training on the CPU (a module in train mode under autograd;
+see _AUTO_ORDER_TRAINING); else the reference. Each op's choice is logged once. The Triton interpreter
 (TRITON_INTERPRET=1) runs Triton on CPU tensors, but only when triton is forced: it is for tests.
-
-An implementation module defines ``unavailable_reason(device) -> str | None`` and any of the op
-functions of ``avfused.reference`` (same names, same signatures). An op a backend does not
-implement runs on the reference, logged once.
 """
 
 from __future__ import annotations
@@ -23,53 +24,80 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from types import ModuleType
 
 import torch
 
-from avfused import reference
+from avfused import _extension, reference
 from avfused.errors import BackendUnavailableError, UnknownBackendError
 
 log = logging.getLogger("avfused")
 
 BACKENDS = ("torch", "triton", "cuda")
+FUSED_OPS = ("audio_frontend_stem", "joint_token_attention", "large_kernel_attention", "conv_mlp")
+ALIASES = {"ext": "cuda"}  # the extension's neutral name: its CPU half is C++, not CUDA
+DESCRIPTIONS = {
+    "torch": "the pure-PyTorch reference",
+    "triton": "Triton kernels (CUDA tensors; CPU only under TRITON_INTERPRET=1, for tests)",
+    "cuda": "the C++/CUDA extension, alias 'ext': its C++ half on CPU tensors ('cpp' in benchmarks), CUDA on GPUs",
+}
 ENV_VAR = "AVFUSED_BACKEND"
-_MODULES = {"triton": "avfused.ops.triton_impl", "cuda": "avfused.ops.cuda_impl"}
+_OP_FUNCTION = {"triton": "triton", "cuda": "ext"}  # the backend's function in avfused.ops.<op>
 _AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cuda",)}
 # Training (autograd recording in a module's train mode): the C++ CPU path measured slower than the
 # reference for a whole training step (benchmarks/results), so "auto" trains on the CPU with the reference.
 _AUTO_ORDER_TRAINING = {"cuda": ("cuda", "triton"), "cpu": ()}
 _logged: set[tuple] = set()
+# (backend, device type) -> reason, computed once: later calls (and torch.compile's tracing) read a dict
+_reasons: dict[tuple[str, str], str | None] = {}
 
 
-def _log_once(key: tuple, message: str, *args: object) -> None:
+def log_once(key: tuple, message: str, *args: object) -> None:
+    """Log ``message`` at INFO the first time ``key`` is seen."""
     if key not in _logged:
         _logged.add(key)
         log.info(message, *args)
 
 
-def _load(name: str) -> tuple[ModuleType | None, str | None]:
-    """Import a backend's implementation module; (None, reason) when it cannot be imported."""
-    if name == "torch":
-        return reference, None
-    module = sys.modules.get(_MODULES[name])
-    if module is not None:  # already imported: no importlib call, so torch.compile can trace get_op
-        return module, None
+def interpreter_enabled() -> bool:
+    """True when Triton's CPU interpreter is switched on (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _triton_reason(device_type: str) -> str | None:
     try:
-        return importlib.import_module(_MODULES[name]), None
-    except ImportError as exc:  # a missing dependency or an unbuilt extension
-        return None, f"{type(exc).__name__}: {exc}"
+        import triton  # noqa: F401
+    except ImportError as exc:  # the package works without triton; this backend just says why it is off
+        return f"triton is not installed ({exc})"
+    if device_type == "cuda":
+        return None if torch.cuda.is_available() else "no CUDA device is visible"
+    if device_type == "cpu":
+        if interpreter_enabled():
+            return None
+        return "triton kernels need a CUDA device; CPU tensors run only under TRITON_INTERPRET=1 (tests)"
+    return f"triton kernels do not run on {device_type} tensors"
+
+
+def _extension_reason(device_type: str) -> str | None:
+    if device_type == "cpu":
+        return _extension.cpu_unavailable_reason()
+    if device_type == "cuda":
+        reason = _extension.cuda_unavailable_reason()
+        if reason is None and not torch.cuda.is_available():
+            reason = "the CUDA module is built but no CUDA device is visible"
+        return reason
+    return f"the C++/CUDA extension has no kernels for {device_type!r} tensors (only cpu and cuda)"
 
 
 def unavailable_reason(name: str, device: torch.device | str | None = None) -> str | None:
     """None when backend ``name`` can run ops on ``device`` (the default device type when None), else why not."""
-    check_name(name)
-    module, reason = _load(name)
-    if module is None:
-        return reason
+    name = check_name(name)
+    device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if name == "torch":
         return None
-    return module.unavailable_reason(torch.device(device) if device is not None else None)
+    key = (name, device_type)
+    if key not in _reasons:
+        _reasons[key] = _triton_reason(device_type) if name == "triton" else _extension_reason(device_type)
+    return _reasons[key]
 
 
 def available_backends(device: torch.device | str | None = None) -> dict[str, str | None]:
@@ -83,8 +111,10 @@ def available_backends(device: torch.device | str | None = None) -> dict[str, st
 
 
 def check_name(name: str) -> str:
+    """The canonical backend name (``ext`` -> ``cuda``); UnknownBackendError for anything else."""
+    name = ALIASES.get(name, name)
     if name not in BACKENDS and name != "auto":
-        raise UnknownBackendError(f"unknown backend {name!r}; expected one of {('auto',) + BACKENDS}")
+        raise UnknownBackendError(f"unknown backend {name!r}; expected one of {('auto',) + BACKENDS + tuple(ALIASES)}")
     return name
 
 
@@ -101,34 +131,90 @@ def requested_backend(argument: str | None = None) -> str:
     return "auto"
 
 
+def _forced(wanted: str, device: torch.device) -> str:
+    reason = unavailable_reason(wanted, device)
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"backend {wanted!r} was forced but cannot run on {device.type}: {reason}. "
+            f"{_how_to_get(wanted)} Or use backend='auto' / unset {ENV_VAR} to fall back to 'torch'."
+        )
+    return wanted
+
+
 def resolve_backend(argument: str | None, device: torch.device | str, training: bool = False) -> str:
-    """The concrete backend for one call on ``device`` (``training``: a backward will follow)."""
+    """The backend ``auto`` (or the forced one) stands for on ``device``, whatever the op.
+
+    ``resolve_op_backend`` is the per-op choice that calls use.
+    """
     device = torch.device(device)
     wanted = requested_backend(argument)
     if wanted != "auto":
-        reason = unavailable_reason(wanted, device)
-        if reason is not None:
-            raise BackendUnavailableError(
-                f"backend {wanted!r} was forced but cannot run on {device.type}: {reason}. "
-                f"{_how_to_get(wanted)} Or use backend='auto' / unset {ENV_VAR} to fall back to 'torch'."
-            )
-        return wanted
+        return _forced(wanted, device)
     order = _AUTO_ORDER_TRAINING if training else _AUTO_ORDER
     for name in order.get(device.type, ()):
         if unavailable_reason(name, device) is None:
             return name
     if training and _AUTO_ORDER.get(device.type):
-        _log_once(
+        log_once(
             ("training", device.type),
             "avfused: training on %s tensors uses the torch reference (the fused path there serves inference; "
             "backend='cuda' forces it)",
             device.type,
         )
         return "torch"
-    _log_once(
+    log_once(
         ("fallback", device.type), "avfused: no fused backend for %s tensors; using the torch reference", device.type
     )
     return "torch"
+
+
+def implements(name: str, op: str, device_type: str) -> bool:
+    """True when backend ``name`` has a kernel for ``op`` on ``device_type`` tensors."""
+    if name == "torch":
+        return True
+    module = op_module(op)
+    if module is None:
+        return False
+    if name == "triton":
+        return hasattr(module, "triton")
+    return device_type in getattr(module, "EXT_DEVICES", ())
+
+
+def _auto_choice(op: str, device: torch.device, training: bool) -> str | None:
+    """auto's first backend that runs on ``device`` and implements ``op`` there; None when there is none."""
+    for name in (_AUTO_ORDER_TRAINING if training else _AUTO_ORDER).get(device.type, ()):
+        if unavailable_reason(name, device) is None and implements(name, op, device.type):
+            return name
+    return None
+
+
+def resolve_op_backend(op: str, argument: str | None, device: torch.device | str, training: bool = False) -> str:
+    """The backend that runs ``op`` on ``device``: the forced one, or auto's first that implements the op there."""
+    device = torch.device(device)
+    wanted = requested_backend(argument)
+    if wanted != "auto":
+        _forced(wanted, device)
+        if not implements(wanted, op, device.type):
+            raise BackendUnavailableError(
+                f"backend {wanted!r} was forced but has no kernel for {op} on {device.type} tensors. "
+                "Use backend='auto' to run each op on the first backend that has it there."
+            )
+        return wanted
+    name = _auto_choice(op, device, training)
+    if name is None:
+        if resolve_backend("auto", device, training) != "torch":  # a fused backend runs here, but not this op
+            log_once(("no kernel", op, device.type), "avfused: no fused kernel for %s on %s tensors; using the "
+                     "torch reference", op, device.type)
+        return "torch"
+    log_once(("auto", op, device.type, training), "avfused: %s on %s tensors%s runs on %s", op, device.type,
+             " (training)" if training else "", name)
+    return name
+
+
+def op_backends(device: torch.device | str, training: bool = False) -> dict[str, str]:
+    """Each fused op mapped to the backend ``auto`` runs it on, on ``device`` (inference, or ``training``)."""
+    device = torch.device(device)
+    return {op: _auto_choice(op, device, training) or "torch" for op in FUSED_OPS}
 
 
 def _how_to_get(name: str) -> str:
@@ -139,15 +225,26 @@ def _how_to_get(name: str) -> str:
     return ""
 
 
+def op_module(op: str):
+    """``avfused.ops.<op>``, the fused backends of one op, or None when the op has no fused backend."""
+    name = f"avfused.ops.{op}"
+    module = sys.modules.get(name)
+    if module is not None:  # already imported: no importlib call, so torch.compile can trace get_op
+        return module
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:  # the module exists but something it imports does not
+            raise
+        return None
+
+
 def get_op(op: str, argument: str | None, device: torch.device | str, training: bool = False) -> Callable:
     """The function computing reference op ``op`` with the backend resolved for ``device`` (and ``training``)."""
-    name = resolve_backend(argument, device, training)
-    module, _ = _load(name)
-    fn = getattr(module, op, None)
-    if fn is None:
-        _log_once(("missing", name, op), "avfused: backend %r has no %s; using the torch reference", name, op)
-        fn = getattr(reference, op)
-    return fn
+    name = resolve_op_backend(op, argument, device, training)
+    if name == "torch":
+        return getattr(reference, op)
+    return getattr(op_module(op), _OP_FUNCTION[name])
 
 
 def module_op(op: str, module: torch.nn.Module, device: torch.device) -> Callable:

@@ -12,8 +12,10 @@ File layout (``*.safetensors``):
               ``sha256``  digest of the header (less this field) and of every tensor byte.
 
 Writing goes to a temporary file in the same folder, fsync, then ``os.replace``: a crash leaves either
-the old checkpoint or the new one, never half of one. Loading checks the layout and the digest, so a
-truncated or edited file raises :class:`avfused.errors.CheckpointError` saying what is wrong.
+the old checkpoint or the new one, never half of one (a killed process may leave its hidden temporary,
+which ``remove_stale_temporaries`` deletes); a failed write raises OutputWriteError. Loading checks the
+layout of every header entry and the digest, so a truncated, edited or foreign file raises
+:class:`avfused.errors.CheckpointError` saying what is wrong -- never another exception.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from avfused.config import ModelConfig
-from avfused.errors import CheckpointError, ConfigError
+from avfused.errors import CheckpointError, ConfigError, OutputWriteError
 
 FORMAT = "avfused-checkpoint"
 VERSION = "1"
@@ -76,11 +78,45 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], described: dict) -> dict:
 
 
 # ---- digest -----------------------------------------------------------------------------------
+# safetensors refuses headers above 100 MB; a larger length field is a corrupt or foreign file
+MAX_HEADER_BYTES = 100_000_000
+
+
+def _is_size(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_entries(header: dict, path: object) -> None:
+    """Every tensor entry is {"dtype": str, "shape": [sizes], "data_offsets": [begin, end]}; the metadata
+    maps strings to strings. Anything else is a damaged header, named as one (not a KeyError later)."""
+    for key, entry in header.items():
+        if key == "__metadata__":
+            if not (isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values())):
+                raise CheckpointError(f"{path}: the header's metadata is not a map of strings (damaged header)")
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise CheckpointError(f"{path}: header entry {key!r} is not a tensor description (damaged header)")
+        offsets, shape = entry["data_offsets"], entry["shape"]
+        if not (isinstance(entry["dtype"], str) and isinstance(shape, list) and all(map(_is_size, shape))):
+            raise CheckpointError(f"{path}: header entry {key!r} has a malformed dtype or shape (damaged header)")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_size, offsets))):
+            raise CheckpointError(f"{path}: header entry {key!r} has malformed data offsets (damaged header)")
+        if offsets[0] > offsets[1]:
+            raise CheckpointError(f"{path}: header entry {key!r} ends before it starts (damaged header)")
+
+
 def _parse(blob: bytes, path: object) -> tuple[dict, bytes]:
-    """(header dict, data section) of a safetensors byte string, checking that nothing is cut off."""
+    """(header dict, data section) of a safetensors byte string, checking its layout and that nothing is cut off."""
     if len(blob) < 8:
         raise CheckpointError(f"{path}: {len(blob)} bytes is too short to be a checkpoint (truncated or empty)")
+    if blob[8:9] not in (b"{", b""):
+        raise CheckpointError(
+            f"{path}: not a safetensors file (its header does not start with '{{'; it starts {blob[:16]!r}); "
+            "not an avfused checkpoint"
+        )
     (header_len,) = struct.unpack("<Q", blob[:8])
+    if header_len > MAX_HEADER_BYTES:
+        raise CheckpointError(f"{path}: the header length field says {header_len} bytes (damaged or not a checkpoint)")
     if header_len > len(blob) - 8:
         raise CheckpointError(
             f"{path}: header declares {header_len} bytes but the file has {len(blob) - 8} after it (truncated)"
@@ -91,6 +127,7 @@ def _parse(blob: bytes, path: object) -> tuple[dict, bytes]:
         raise CheckpointError(f"{path}: the header is not valid JSON ({exc}); not an avfused checkpoint") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the header is not a JSON object; not an avfused checkpoint")
+    _check_entries(header, path)
     data = blob[8 + header_len :]
     ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
     needed = max(ends, default=0)
@@ -118,17 +155,27 @@ def _cpu_tensors(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, tor
     return {prefix + name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
 
 
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def atomic_write_bytes(path: str | os.PathLike, blob: bytes) -> None:
-    """Write ``blob`` to ``path`` via a temporary file and os.replace (never a half-written file)."""
+    """Write ``blob`` to ``path`` via a temporary file and os.replace (never a half-written file).
+
+    A failed write (a full disk, no permission) raises OutputWriteError naming the path; the previous
+    version of the file is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        kept = "the previous version is kept" if path.exists() else "nothing was written"
+        raise OutputWriteError(path, f"cannot write it ({exc.strerror or exc}); {kept}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -140,6 +187,28 @@ def atomic_write_bytes(path: str | os.PathLike, blob: bytes) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of atomic_write_bytes that a killed process left in ``folder`` (those of
+    live processes are kept); returns what was deleted."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def save_checkpoint(
@@ -183,7 +252,15 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file" + (" (it is a folder)" if path.is_dir() else ""))
-    blob = path.read_bytes()
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    return checkpoint_from_bytes(blob, path)
+
+
+def checkpoint_from_bytes(blob: bytes, path: str | os.PathLike = "<bytes>") -> Checkpoint:
+    """A checkpoint from the bytes of its file (``path`` names it in errors); verified as load_checkpoint does."""
     header, data = _parse(blob, path)
     metadata = header.get("__metadata__") or {}
     if metadata.get("format") != FORMAT:

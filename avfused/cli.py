@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except AvfusedError as error:  # a named, explained error: one line and exit status 2, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was saved has been logged (train: the step to --resume from)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Presets:
     ModelConfig.demo()   -- a reduced input (4 frames of 96x96, 1 s of audio, 64 sinc filters) so the
                             built-in demo trains on a 2-core CPU in minutes.
 
-Decisions taken where DESIGN.md is silent (each is a field, so it can be changed):
+Decisions taken where the paper is silent (docs/design.md, section 1); each is a field, so it can be changed:
     * Sinc filters follow SincNet: low cut-off = min_low_hz + |low|, band = min_band_hz + |band|, the
       high cut-off clamped to [min_low_hz, sample_rate / 2], Hamming window, each filter divided by
       2 * band so its centre tap is 1. Initial cut-offs are mel-spaced from 30 Hz.

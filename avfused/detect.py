@@ -8,7 +8,9 @@ aggregated over the file.
         aggregate  {head: probability}: the mean over windows ("mean") or the largest ("max")
         timings    DetectTimings: wall, decoding, model and waiting seconds
     default_threads() -> int: torch threads for the model beside decoding (idle cores less one)
-A file that cannot be read gives a FileResult with ``error`` set (the reason), not an exception.
+A file that cannot be read (an avfused DataError or an OSError; a symbolic link loop or a link to a missing
+file is named as such) gives a FileResult with ``error`` set (the reason), not an exception; anything else
+(a bad ``hop``, a backend that cannot run) raises, once, before or at the first file.
 
 Decoding (one pass over the file by default, see avfused.data.windows) runs in a producer thread a bounded
 number of windows ahead of the model, so the next windows decode while the model scores these (FFmpeg and
@@ -19,6 +21,8 @@ torch release the GIL); that thread runs its own torch work (audio resampling) o
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
 import queue
 import threading
@@ -28,9 +32,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from avfused.data.decode import ClipSpec, iter_windows
-from avfused.errors import AvfusedError
+from avfused.errors import ConfigError, DataError, MediaDecodeError, MediaNotFoundError
 from avfused.evaluate import HEADS, autocast
 
 AGGREGATES = ("mean", "max")
@@ -68,6 +73,11 @@ class FileResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def padded_seconds(self) -> float:
+        """Window time past the end of the file, summed over the windows (a short file's one window)."""
+        return float(sum(w.padded_seconds for w in self.windows))
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -139,6 +149,23 @@ def _background(make_source: Callable[[], Iterator], depth: int, timings: Detect
         worker.join()
 
 
+def check_hop(hop: float | None) -> None:
+    """A hop is a positive, finite number of seconds (None: one window length)."""
+    if hop is not None and not (math.isfinite(hop) and hop > 0):
+        raise ConfigError(f"hop must be a positive number of seconds, got {hop}")
+
+
+def _check_link(path: str | os.PathLike) -> None:
+    """A symbolic link loop or a link to nothing, named as such (not "no such file")."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MediaDecodeError(path, "is a symbolic link loop (too many levels of symbolic links)") from None
+        if os.path.islink(path):
+            raise MediaNotFoundError(path, f"is a symbolic link to {os.readlink(path)}, which does not exist") from None
+
+
 def _score_batch(model: torch.nn.Module, clips: list, device: torch.device, amp: bool) -> list[WindowScore]:
     video = torch.stack([c.video for c in clips]).to(device)
     audio = torch.stack([c.audio for c in clips]).to(device)
@@ -176,12 +203,17 @@ def detect_file(
     device: torch.device | str = "cpu",
     amp: bool = False,
     aggregate: str = "mean",
+    progress: bool = False,
     decode: str = "stream",
 ) -> FileResult:
     """Score every window of ``path`` (see the module docstring); reading errors land in ``error``.
-    ``decode``: "stream" (one pass over the file) or "seek" (each window on its own), as in iter_windows."""
+    ``progress``: a bar of the windows scored, shown when a file takes more than a second. ``decode``:
+    "stream" (one pass over the file) or "seek" (each window read on its own), as in iter_windows."""
     if aggregate not in AGGREGATES:
-        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+        raise ConfigError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    check_hop(hop)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device)
     model.eval()
     result = FileResult(str(path))
@@ -189,21 +221,26 @@ def detect_file(
     started = time.perf_counter()
     pending = []
     size = 1  # batches grow 1, 2, 4 ... to batch_size: the model starts on the first window, not the eighth
+    bar = tqdm(desc=os.path.basename(str(path)), unit="window", disable=not progress, leave=False, delay=1.0)
     try:
+        _check_link(path)
         windows = _background(lambda: iter_windows(path, spec, hop=hop, decode=decode), batch_size, timings)
         with contextlib.closing(windows):  # stops the producer whatever ends the loop
             for clip in windows:
                 pending.append(clip)
                 if len(pending) >= size:
                     result.windows += _timed_batch(model, pending, device, amp, timings)
-                    pending, size = [], min(2 * size, max(batch_size, 1))
+                    bar.update(len(pending))
+                    pending, size = [], min(2 * size, batch_size)
         if pending:
             result.windows += _timed_batch(model, pending, device, amp, timings)
-    except (AvfusedError, OSError) as exc:
+            bar.update(len(pending))
+    except (DataError, OSError) as exc:  # the file's fault; any other error is not, and is raised
         result.error = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
         result.windows = []
         return result
     finally:
+        bar.close()
         timings.wall_s = time.perf_counter() - started
     if not result.windows:
         result.error = f"{path}: no window could be read"

@@ -1,7 +1,8 @@
 """Evaluation: fake scores of every clip, pooled per video, and the metrics of each head per group.
 
     predict(model, dataset)    -> Predictions: per clip the labels, category, method, path and the fake
-                                  probability of the clip / visual / audio heads (arrays of length N)
+                                  probability of the clip / visual / audio heads (arrays of length N),
+                                  and "path: reason" of each clip the dataset could not read (skipped)
     predict_silence(dataset)   -> the silence baseline's Predictions (clip head only, see SILENCE_HALF_SECONDS)
     video_level(predictions)   -> the same with one row per video (the mean of its windows' scores)
     report(predictions)        -> {"overall": {head: metrics}, "category": {name: {head: metrics}},
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from avfused import metrics
 from avfused.data.datasets import collate_clips
+from avfused.errors import ConfigError, DeviceUnavailableError
 from avfused.protocols import silence_scores
 
 HEADS = ("clip", "visual", "audio")
@@ -47,6 +49,7 @@ class Predictions:
     visual_label: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     audio_label: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # "path: reason" of each clip the dataset could not read
 
     def __len__(self) -> int:
         return len(self.path)
@@ -74,6 +77,7 @@ class Predictions:
             np.concatenate([part.visual_label for part in parts]),
             np.concatenate([part.audio_label for part in parts]),
             {head: np.concatenate([part.scores[head] for part in parts]) for head in parts[0].scores},
+            [reason for part in parts for reason in part.skipped],
         )
 
     def to_rows(self) -> list[dict]:
@@ -92,10 +96,28 @@ class Predictions:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``name`` as a device; "auto" is the GPU when there is one, else the CPU."""
+    """``name`` as a device; "auto" is the GPU when there is one, else the CPU. A name that is no device, or
+    a GPU that is not here, raises DeviceUnavailableError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DeviceUnavailableError(f"--device {name} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise DeviceUnavailableError(f"--device {name} was asked for but {why}; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"--device {name}: there are {torch.cuda.device_count()} GPUs (cuda:0 ...)")
+    return device
+
+
+def check_threshold(threshold: float) -> float:
+    """A decision threshold is a probability in [0, 1]; anything else is a ConfigError."""
+    if not 0.0 <= threshold <= 1.0:  # NaN fails too
+        raise ConfigError(f"--threshold {threshold} is not a probability; give a value in [0, 1]")
+    return threshold
 
 
 def autocast(device: torch.device, amp: bool):
@@ -117,6 +139,7 @@ def _scored(
     labels: dict[str, list] = {"label": [], "visual_label": [], "audio_label": []}
     scores: dict[str, list] = {head: [] for head in heads}
     for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+        out.skipped += batch.get("skipped", [])
         if "video" not in batch:
             continue
         for head, values in score_batch(batch).items():
@@ -186,6 +209,7 @@ def video_level(predictions: Predictions) -> Predictions:
         return predictions
     first = np.array([rows[0] for rows in groups.values()])
     out = predictions.subset(first)
+    out.skipped = list(predictions.skipped)
     for key in ("label", "visual_label", "audio_label"):
         values = getattr(predictions, key)
         setattr(out, key, np.array([values[rows].max() for rows in groups.values()], dtype=np.int64))

@@ -4,6 +4,8 @@ model(video (B, T, 3, H, W) in [0, 1], audio (B, S) 16 kHz mono) -> ModelOutput 
 ``clip``, ``visual``, ``audio`` (B, 2), index 1 = fake. In training, when the config enables them,
 ``mismatch`` (clip head on mismatched audio-visual pairs, target fake) and ``style_visual`` /
 ``style_audio`` (the adversarial statistics probes) are filled too; in eval they are None.
+Floating-point inputs of another dtype are cast to the model's; video far outside [0, 1] is refused
+(avfused.inputs.prepare_model_inputs).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import nn
 
 from avfused.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from avfused.errors import WeightShapeMismatchError
-from avfused.inputs import check_model_inputs
+from avfused.inputs import prepare_model_inputs
 from avfused.nn.block import CAVLBlock
 from avfused.nn.classifier import ClassificationModule
 from avfused.nn.frontend import AudioStem
@@ -169,7 +171,7 @@ class SingleStreamNet(nn.Module):
         return video, audio
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> ModelOutput:
-        check_model_inputs(video, audio, self.config)
+        video, audio = prepare_model_inputs(video, audio, self.config, self.pixel_mean.dtype)  # cast, range check
         video, audio = self.features(video, audio)
         c = self.config
         training = self.training

@@ -1,64 +1,101 @@
 #!/usr/bin/env bash
-# GPU check in one command (an H100 with torch + triton preinstalled, no network), under 10 minutes:
-#   1. install avfused in place (builds the C++/CUDA extension when setup.py exists),
-#   2. run the Triton and CUDA equivalence tests on the GPU (the @pytest.mark.gpu ones included),
-#   3. print the benchmark table (`python -m avfused bench`) when that command exists.
-# Every step has its own time limit and log; a failing step does not stop the later ones.
-# Outputs go under $OUT when set, else benchmarks/results/gpu_check/. Exit status 1 if any step failed.
+# The GPU check in one command, planned for 6 minutes on an H200 / H100 with Python, torch and triton
+# preinstalled, no PyAV and no network:
+#   1. install avfused in place, building the C++/CUDA extension for the card (nvcc; MAX_JOBS = cores);
+#   2. the kernel and model tests on the GPU (tests/ops, tests/test_model_backends.py, ...; TF32 off);
+#   3. compute-sanitizer memcheck over every fused kernel once (benchmarks/gpu_kernels_once.py), where the
+#      tool exists and the machine lets it run;
+#   4. the benchmark subset: the whole model, inference at batch 1 and a training step at batch 32, in
+#      fp32 (eager, triton, cuda) and under bf16 autocast (eager, triton, cuda, then torch.compile last);
+#   5. summary.md, one page of what passed, failed and was measured (benchmarks/gpu_summary.py).
+# Each step has a time limit inside one overall deadline (GPU_CHECK_SECONDS, default 345); a step that
+# fails or times out does not stop the others, and the benchmark writes its rows as it measures them.
+# Outputs: $OUT when set (at most 8 files: summary.md, logs.txt, tests.xml, environment.txt and each
+# benchmark run's <card>.json / .md), else benchmarks/results/gpu_check/. Exit status 1 if a step failed.
 #
-#   bash benchmarks/gpu_check.sh
+#   bash benchmarks/gpu_check.sh            # on the GPU machine
+#   GPU_CHECK_DRY_RUN=1 bash benchmarks/gpu_check.sh   # here, without a GPU: the plumbing, on the CPU
 set -u
 cd "$(dirname "$0")/.."
-OUT_DIR="${OUT:-benchmarks/results/gpu_check}"
-mkdir -p "$OUT_DIR"
-unset TRITON_INTERPRET  # real kernels on the GPU, never the interpreter
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-python3}"
+DRY="${GPU_CHECK_DRY_RUN:-0}"
+DEADLINE=$((SECONDS + ${GPU_CHECK_SECONDS:-345}))
+WORK="$(mktemp -d)"
+FINAL="${OUT:-benchmarks/results/gpu_check}"
+mkdir -p "$FINAL"
+[ "$DRY" = 1 ] || unset TRITON_INTERPRET  # real kernels on the GPU, never the interpreter
+export PYTHONUNBUFFERED=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" TORCHINDUCTOR_COMPILE_THREADS="$(nproc)"
 failed=0
+: >"$WORK/steps.tsv"
 
-run_step() {  # run_step NAME SECONDS COMMAND...: log to $OUT_DIR/NAME.log, report the exit status
+step() {  # step NAME LIMIT COMMAND...: run within min(LIMIT, time left), log to $WORK/NAME.log
     local name="$1" limit="$2"
     shift 2
+    local left=$((DEADLINE - SECONDS))
+    [ "$limit" -gt "$left" ] && limit="$left"
+    if [ "$limit" -lt 5 ]; then
+        echo "== $name: skipped, the check's deadline is reached"
+        printf '%s\t%s\t%s\t%s\n' "$name" "skipped" 0 0 >>"$WORK/steps.tsv"
+        return
+    fi
     local start=$SECONDS
     echo "== $name (limit ${limit}s): $*"
-    timeout "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
+    timeout --kill-after=10 "$limit" "$@" >"$WORK/$name.log" 2>&1
     local rc=$?
-    tail -n 25 "$OUT_DIR/$name.log"
-    echo "== $name: exit $rc after $((SECONDS - start))s (full log: $OUT_DIR/$name.log)"
+    tail -n 15 "$WORK/$name.log"
+    echo "== $name: exit $rc after $((SECONDS - start))s"
     [ "$rc" -eq 0 ] || failed=1
-    echo "$name $rc $((SECONDS - start))s" >>"$OUT_DIR/summary.txt"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" "$limit" >>"$WORK/steps.tsv"
 }
 
-: >"$OUT_DIR/summary.txt"
 {
-    nvidia-smi 2>&1 || echo "nvidia-smi not found"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "no nvidia-smi"
+    nproc
     "$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__,
-'cuda', torch.version.cuda, 'device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
-} >"$OUT_DIR/environment.txt" 2>&1
-cat "$OUT_DIR/environment.txt"
+'cuda', torch.version.cuda); print('device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
+} >"$WORK/environment.txt" 2>&1
+cat "$WORK/environment.txt"
 
-if [ -f setup.py ]; then
-    run_step install 200 "$PYTHON" -m pip install --no-deps --no-build-isolation -e .
+if [ "$DRY" = 1 ]; then
+    device=cpu
+    tests=(tests/test_backends.py)
+    bench_sizes=(--quick)
 else
-    run_step install 120 "$PYTHON" -m pip install --no-deps --no-build-isolation -e .
+    device=cuda
+    tests=(tests/ops tests/test_model_backends.py tests/test_backends.py tests/test_cuda_loader.py)
+    bench_sizes=(--batch-sizes 1 --train-batch 32 --budget 2 --repeats 20)
+    step install 150 "$PYTHON" -m pip install --no-deps --no-build-isolation -e .
+    cat avfused/_build_info.json >>"$WORK/install.log" 2>/dev/null
 fi
 
-tests=$(ls tests/test_triton_*.py tests/test_cuda*.py 2>/dev/null)
-if [ -n "$tests" ]; then
-    # shellcheck disable=SC2086  # the file list is meant to split
-    run_step tests 150 "$PYTHON" -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT_DIR/tests.xml" $tests
+pytest_args=(-q -rs -p no:cacheprovider --junitxml="$WORK/tests.xml" --durations=10)
+"$PYTHON" -c "import xdist" 2>/dev/null && [ "$DRY" != 1 ] && pytest_args+=(-n 4)
+"$PYTHON" -c "import pytest_timeout" 2>/dev/null && pytest_args+=(--timeout 90)
+step tests 110 "$PYTHON" -m pytest "${pytest_args[@]}" "${tests[@]}"
+
+if command -v compute-sanitizer >/dev/null 2>&1 && [ "$DRY" != 1 ]; then
+    step sanitizer 45 compute-sanitizer --tool memcheck --error-exitcode 3 "$PYTHON" benchmarks/gpu_kernels_once.py
 else
-    echo "== tests: no tests/test_triton_*.py or tests/test_cuda*.py found" | tee -a "$OUT_DIR/summary.txt"
-    failed=1
+    echo "compute-sanitizer not found (or dry run): memcheck not run" >"$WORK/sanitizer.log"
 fi
 
-if "$PYTHON" -m avfused bench --help >/dev/null 2>&1; then
-    # --time-limit: no new case after 130 s (the whole model first), so the table is written before the step's limit
-    run_step bench 220 "$PYTHON" -m avfused bench --device cuda --budget 1 --repeats 10 --time-limit 130 \
-        --output-dir "$OUT_DIR"
-else
-    echo "== bench: 'python -m avfused bench' is not available here; skipped" | tee -a "$OUT_DIR/summary.txt"
-fi
+bench=("$PYTHON" -m avfused bench --device "$device" --ops model --modes inference,train_step "${bench_sizes[@]}")
+step bench-fp32 45 "${bench[@]}" --backends eager,triton,cuda --output-dir "$WORK/bench-fp32"
+# whatever time is left; torch.compile runs last and starts no later than 60 s in
+step bench-bf16 200 "${bench[@]}" --amp bf16 --time-limit 60 --output-dir "$WORK/bench-bf16"
 
-echo "== summary (name, exit status, seconds):"
-cat "$OUT_DIR/summary.txt"
+"$PYTHON" benchmarks/gpu_summary.py "$WORK" >"$WORK/summary.md"
+for log in environment install tests sanitizer bench-fp32 bench-bf16; do
+    [ -f "$WORK/$log.log" ] && { echo "===== $log.log"; cat "$WORK/$log.log"; }
+done >"$WORK/logs.txt"
+cp "$WORK/summary.md" "$WORK/logs.txt" "$WORK/environment.txt" "$FINAL/"
+[ -f "$WORK/tests.xml" ] && cp "$WORK/tests.xml" "$FINAL/"
+for run in bench-fp32 bench-bf16; do
+    for file in "$WORK/$run"/*.json "$WORK/$run"/*.md; do
+        [ -f "$file" ] && cp "$file" "$FINAL/"
+    done
+done
+cat "$WORK/summary.md"
+echo "== gpu_check: outputs in $FINAL; $((SECONDS))s in all"
+rm -rf "$WORK"
 exit "$failed"

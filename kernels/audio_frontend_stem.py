@@ -14,7 +14,7 @@ as four phase tiles t = 4*o + r (r = 0..3), so a stem tap j hits phase (j - 3) m
 and its next-output part to ``nxt``; the caller adds them (out[o] = same[o] + nxt[o - 1]) and
 subtracts the mean term analytically (the stem is linear).
 
-    launch_frontend_stem_forward(x, h, w, log_eps) -> same (B, C, O), nxt (B, C, O), sums (B, tiles, F)
+    launch_forward(x, h, w, log_eps) -> same (B, C, O), nxt (B, C, O), sums (B, tiles, F)
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
-STEM_TAPS = 7
-PHASES = 4  # the stem stride
+from avfused.reference import STEM_STRIDE
 
 
 @triton.jit
-def _frontend_stem_forward_kernel(
+def _audio_frontend_stem_forward_kernel(
     x_ptr,
     h_ptr,
     w_ptr,
@@ -100,20 +99,20 @@ def _block_sizes(x: torch.Tensor, filters: int, channels: int) -> tuple[int, int
     return 32, block_f, 64, block_c  # interpreter: fewer, larger steps run faster in numpy
 
 
-def launch_frontend_stem_forward(
+def launch_forward(
     x: torch.Tensor, filters: torch.Tensor, stem_weight: torch.Tensor, log_eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the kernel; returns (same, nxt, sums) as described in the module docstring."""
     batch, samples = x.shape
     num_filters, taps = filters.shape
     channels = stem_weight.shape[0]
-    outputs = -(-samples // PHASES)
+    outputs = -(-samples // STEM_STRIDE)
     block_o, block_f, block_k, block_c = _block_sizes(x, num_filters, channels)
     n_tiles = triton.cdiv(outputs, block_o)
     same = torch.empty(batch, channels, outputs, device=x.device, dtype=torch.float32)
     nxt = torch.empty_like(same)
     sums = torch.empty(batch, n_tiles, num_filters, device=x.device, dtype=torch.float32)
-    _frontend_stem_forward_kernel[(batch, n_tiles)](
+    _audio_frontend_stem_forward_kernel[(batch, n_tiles)](
         x,
         filters,
         stem_weight,

@@ -7,7 +7,7 @@ channels; for each of the 3x3 taps it recomputes the expansion at the shifted pi
 x (C, BLOCK_P) tl.dot), since a register tile cannot be shifted; the hidden layer is zero outside the
 image (the depthwise conv's zero padding), not b_in. The projected block accumulates in registers.
 
-    launch_conv_mlp_forward(x, w_in, b_in, w_dw, b_dw, w_out, b_out) -> out (N, C, H, W)
+    launch_forward(x, w_in, b_in, w_dw, b_dw, w_out, b_out) -> out (N, C, H, W)
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _conv_mlp_forward_kernel(
     )
 
 
-def launch_conv_mlp_forward(
+def launch_forward(
     x: torch.Tensor,
     w_in: torch.Tensor,
     b_in: torch.Tensor,

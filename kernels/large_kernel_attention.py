@@ -9,7 +9,7 @@ Two kernels, each over (image, tile of BLOCK_P pixels):
    registers, then the 1x1 as a (C, C) x (C, BLOCK_P) tl.dot, + b1, times p; ctx2 and the 1x1's
    output never reach memory.
 
-    launch_lka_forward(p, w5, b5, w7, b7, w1, b1) -> out (N, C, H, W)
+    launch_forward(p, w5, b5, w7, b7, w1, b1) -> out (N, C, H, W)
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def launch_depthwise5(p: torch.Tensor, w5: torch.Tensor, b5: torch.Tensor) -> to
     return ctx
 
 
-def launch_lka_forward(
+def launch_forward(
     p: torch.Tensor,
     w5: torch.Tensor,
     b5: torch.Tensor,

@@ -6,6 +6,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# fp32 baselines mean fp32: torch leaves cuDNN's TF32 on, which would run every ATen convolution (in a
+# reference or a backward) at 10-bit mantissa on a GPU and make the 1e-4 comparisons meaningless.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 
 import pytest  # noqa: E402
 

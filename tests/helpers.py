@@ -1,8 +1,14 @@
-"""Small shared test fixtures: a tiny config that keeps every code path but runs in milliseconds."""
+"""Small shared test fixtures: a tiny config that keeps every code path but runs in milliseconds, and the
+backend targets the op tests are parametrised over."""
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+import pytest
 import torch
 
-from avfused import ModelConfig
+from avfused import ModelConfig, backends
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -23,3 +29,42 @@ def random_batch(config: ModelConfig, batch: int = 2) -> tuple[torch.Tensor, tor
     video = torch.rand(batch, config.frames, 3, config.image_size, config.image_size)
     audio = torch.randn(batch, config.num_samples) * 0.1
     return video, audio
+
+
+# ---------------------------------------------------------------------------------------------
+# backend targets of the op tests (tests/ops/): every (backend, device) pair an op can run on here
+# ---------------------------------------------------------------------------------------------
+GPU = torch.cuda.is_available()
+# Triton runs where its kernels run: the GPU when there is one, else the CPU under the interpreter
+# (tests/conftest.py sets TRITON_INTERPRET=1 only when no GPU is visible).
+TRITON_DEVICE = "cuda" if GPU else "cpu"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One backend of an op module (``triton`` or ``ext``) on one device."""
+
+    backend: str
+    device: str
+
+    def op(self, module: ModuleType) -> Callable:
+        """The op module's function for this backend."""
+        return getattr(module, self.backend)
+
+    def put(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The tensors on this target's device (views stay views where the device does not change)."""
+        return [t.to(self.device) for t in tensors]
+
+
+def _target(backend: str, device: str, name: str) -> pytest.param:
+    marks = [pytest.mark.gpu] if device == "cuda" else []
+    if device != "cuda" or GPU:
+        reason = backends.unavailable_reason("cuda" if backend == "ext" else backend, device)
+        marks.append(pytest.mark.skipif(reason is not None, reason=f"{name}: {reason}"))
+    return pytest.param(Target(backend, device), id=name, marks=marks)
+
+
+TRITON = _target("triton", TRITON_DEVICE, "triton")
+EXT_CPU = _target("ext", "cpu", "ext-cpu")
+EXT_CUDA = _target("ext", "cuda", "ext-cuda")
+TARGETS = [TRITON, EXT_CPU, EXT_CUDA]

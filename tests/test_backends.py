@@ -5,7 +5,7 @@ import torch
 
 from avfused import SingleStreamNet, available_backends, backends, reference
 from avfused.errors import BackendUnavailableError, UnknownBackendError
-from tests.helpers import random_batch, tiny_config
+from tests.helpers import EXT_CPU, TRITON, random_batch, tiny_config
 
 
 def test_torch_is_always_available_and_others_explain_themselves():
@@ -73,3 +73,56 @@ def test_module_op_is_training_only_in_train_mode_under_autograd(monkeypatch):
     module.eval()
     backends.module_op("conv_mlp", module, torch.device("cpu"))
     assert seen == [True, False, False]
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_is_available_where_the_tests_run(target):
+    assert backends.unavailable_reason("triton", target.device) is None
+    reason = backends.unavailable_reason("triton", "mps")
+    assert reason is not None and "mps" in reason
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_the_extension_reports_its_cpu_half_available(target):
+    assert available_backends("cpu")["cuda"] is None
+    assert backends.resolve_backend("ext", "cpu") == "cuda"  # 'ext' names the same backend
+
+
+def test_an_op_without_fused_backends_runs_the_reference():
+    assert backends.op_module("audio_frontend") is None
+    assert backends.get_op("audio_frontend", "torch", "cpu") is reference.audio_frontend
+
+
+def test_bench_does_not_time_the_reference_as_the_gpu_cuda_backend():
+    from avfused.bench.variants import _reference_on_device
+
+    assert _reference_on_device("conv_mlp", "cuda", torch.device("cuda"))
+    assert not _reference_on_device("conv_mlp", "cuda", torch.device("cpu"))
+    assert not _reference_on_device("joint_token_attention", "cuda", torch.device("cuda"))
+
+
+def test_auto_sends_each_op_to_the_first_backend_that_has_it(monkeypatch):
+    """Per-op dispatch: an op the extension lacks on a device goes to triton there, else the reference."""
+    from avfused.ops import conv_mlp, joint_token_attention
+
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device=None: None)  # every backend "runs"
+    monkeypatch.setattr(conv_mlp, "EXT_DEVICES", ("cpu",))
+    assert backends.get_op("conv_mlp", "auto", "cuda") is conv_mlp.triton
+    assert backends.get_op("joint_token_attention", "auto", "cuda") is joint_token_attention.ext
+    assert backends.op_backends("cuda")["conv_mlp"] == "triton"
+    monkeypatch.setattr(conv_mlp, "EXT_DEVICES", ())
+    assert backends.get_op("conv_mlp", "auto", "cpu") is reference.conv_mlp  # on the CPU auto tries only cuda
+    assert backends.op_backends("cpu") == {
+        "audio_frontend_stem": "cuda", "joint_token_attention": "cuda", "large_kernel_attention": "cuda",
+        "conv_mlp": "torch",
+    }
+
+
+def test_a_forced_backend_fails_loudly_for_an_op_it_lacks_on_the_device(monkeypatch):
+    from avfused.ops import conv_mlp
+
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device=None: None)
+    monkeypatch.setattr(conv_mlp, "EXT_DEVICES", ("cpu",))
+    with pytest.raises(BackendUnavailableError, match="no kernel for conv_mlp on cuda"):
+        backends.get_op("conv_mlp", "cuda", "cuda")
+    assert backends.get_op("conv_mlp", "ext", "cpu") is conv_mlp.ext

@@ -183,21 +183,29 @@ def test_ratios_and_targets_follow_the_definitions():
     assert fused.vs_eager == pytest.approx(3.0) and fused.vs_compile == pytest.approx(2.0)
     assert fused.mem_vs_eager == pytest.approx(200.0 / 900.0)
     assert rows[0].vs_eager == pytest.approx(1.0) and rows[1].vs_eager == pytest.approx(1.5)
-    gpu = {(t.description, t.batch): t for t in evaluate_targets(rows, "cuda", {"triton": "absent", "cuda": None})}
-    assert gpu[("GPU training step >= 2x eager", 8)].met is True
-    assert gpu[("GPU training step >= 1.3x compile", 8)].met is True
-    assert gpu[("GPU inference >= 3x eager", 1)].met is True
-    assert gpu[("training-step peak memory, whole model <= 1/3 eager", 8)].met is True
-    frontend = gpu[("training-step peak memory, fused front end <= 1/3 eager", None)]
+    status = {"triton": "absent", "cuda": None}
+    gpu = {(t.description, t.batch): t for t in evaluate_targets(rows, "cuda", status)}
+    assert gpu[("GPU fp32 training step >= 2x eager", 8)].met is True  # 30 / 10 = 3
+    assert gpu[("GPU fp32 inference >= 3x eager", 1)].met is True  # 12 / 4 = 3
+    assert gpu[("GPU inference, batch 1: <= 1 ms per clip", 1)].met is False  # 4 ms
+    assert gpu[("GPU training-step peak memory, whole model <= 1/4 eager", 8)].met is True  # 200 / 900
+    frontend = gpu[("training-step peak memory, fused front end <= 1/4 eager", None)]
     assert frontend.met is None and "not in this run" in frontend.note
-    cpu = {t.description: t for t in evaluate_targets(rows, "cpu", {"triton": "absent", "cuda": None})}
-    assert cpu["CPU inference, batch 1: fused >= 2x eager"].met is True  # 12 / 4 = 3
-    assert cpu["CPU inference, batch 1: fused faster than compile"].met is True  # 5 / 4 = 1.25
-    rows[5].median_ms = 7.0
+    assert not any("bf16" in description for description, _ in gpu)  # a float32 run: the bf16 targets do not apply
+    bf16 = {t.description: t for t in evaluate_targets(rows, "cuda", status, "bfloat16 autocast")}
+    assert bf16["GPU bf16 training step >= 3x eager"].met is True
+    assert bf16["GPU bf16 training step >= 1.5x compile"].met is True  # 20 / 10 = 2
+    assert "GPU fp32 training step >= 2x eager" not in bf16
+    cpu = {t.description: t for t in evaluate_targets(rows, "cpu", status)}
+    assert cpu["CPU inference, batch 1: fused >= 7x eager"].met is False  # 12 / 4 = 3
+    assert cpu["CPU inference, batch 1: fused >= 5x compile"].met is False  # 5 / 4 = 1.25
+    assert cpu["CPU inference, batch 1: <= 40 ms per clip"].met is True
+    assert cpu["CPU training step: fused >= 1.5x eager"].met is True
+    rows[5].median_ms = 1.5
     add_ratios(rows)
-    cpu = {t.description: t for t in evaluate_targets(rows, "cpu", {"triton": "absent", "cuda": None})}
-    assert cpu["CPU inference, batch 1: fused >= 2x eager"].met is False  # 12 / 7 < 2
-    assert cpu["CPU inference, batch 1: fused faster than compile"].met is False
+    cpu = {t.description: t for t in evaluate_targets(rows, "cpu", status)}
+    assert cpu["CPU inference, batch 1: fused >= 7x eager"].met is True  # 12 / 1.5 = 8
+    assert cpu["CPU inference, batch 1: fused >= 5x compile"].met is False  # 5 / 1.5 = 3.3
 
 
 @pytest.mark.parametrize("op", OPS)

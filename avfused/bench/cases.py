@@ -7,7 +7,9 @@ Modes:
     forward           training mode, autograd recording (what a training forward costs)
     forward_backward  forward, then backward into every input that needs a gradient and every weight
     train_step        zero grads, forward, loss, backward, AdamW step
-plan_cases runs inference at every batch size and the training modes at the largest one.
+plan_cases runs inference at every batch size and the training modes at one (the training batch, else the
+largest). ``amp`` (torch.bfloat16 / torch.float16, or None) runs the model under autocast and gives the ops
+their activations in that dtype, as autocast would.
 
 op_step(fn, inputs, mode) / model_step(model, config, batch, device, mode) -> a step: a callable
 taking no arguments that does one call of the case; timing.measure times it.
@@ -15,6 +17,7 @@ taking no arguments that does one call of the case; timing.measure times it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,9 +34,8 @@ OPS = ("audio_frontend_stem", "joint_token_attention", "large_kernel_attention",
 MODEL = "model"
 SUBJECTS = OPS + (MODEL,)
 MODES = ("inference", "forward", "forward_backward", "train_step")
-TRAINING_MODES = MODES[1:]
 
-LEARNING_RATE, WEIGHT_DECAY, LABEL_SMOOTHING = 5e-4, 0.01, 0.1  # DESIGN.md's training recipe
+LEARNING_RATE, WEIGHT_DECAY, LABEL_SMOOTHING = 5e-4, 0.01, 0.1  # docs/design.md, section 1
 
 DATA, ACTIVATION, PARAMETER = "data", "activation", "parameter"  # roles of an op's arguments
 
@@ -49,13 +51,15 @@ class Case:
         return self.subject, self.mode, self.batch
 
 
-def plan_cases(subjects: Sequence[str], modes: Sequence[str], batch_sizes: Sequence[int]) -> list[Case]:
-    """Inference at every batch size, the training modes at the largest (a batch of 1 does not train)."""
-    largest = max(batch_sizes)
+def plan_cases(
+    subjects: Sequence[str], modes: Sequence[str], batch_sizes: Sequence[int], train_batch: int | None = None
+) -> list[Case]:
+    """Inference at every batch size, the training modes at ``train_batch`` (default: the largest size)."""
+    train_batch = train_batch or max(batch_sizes)
     cases = []
     for subject in subjects:
         for mode in modes:
-            sizes = sorted(set(batch_sizes)) if mode == "inference" else [largest]
+            sizes = sorted(set(batch_sizes)) if mode == "inference" else [train_batch]
             cases.extend(Case(subject, mode, batch) for batch in sizes)
     return cases
 
@@ -108,23 +112,41 @@ def op_inputs(op: str, config: ModelConfig, batch: int, device: torch.device, se
     return OpInputs(tensors, roles, kwargs)
 
 
-def op_step(fn: Callable, inputs: OpInputs, mode: str) -> Callable[[], None]:
-    """One call of an op in ``mode``; for the backward modes the output gradient is fixed random noise."""
+def autocast(device: torch.device, amp: torch.dtype | None):
+    """torch.autocast in ``amp`` on ``device``, or nothing when amp is None."""
+    return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
+
+def op_step(fn: Callable, inputs: OpInputs, mode: str, amp: torch.dtype | None = None) -> Callable[[], None]:
+    """One call of an op in ``mode``; for the backward modes the output gradient is fixed random noise.
+
+    With ``amp`` the data and activations come in that dtype (what autocast's layers hand the op), the
+    parameters stay float32.
+    """
     train = mode != "inference"
     pairs = list(zip(inputs.tensors, inputs.roles, strict=True))
-    tensors = [t.detach().clone().requires_grad_(train and role != DATA) for t, role in pairs]
+    tensors = [
+        (t if amp is None or role == PARAMETER else t.to(amp)).detach().clone().requires_grad_(train and role != DATA)
+        for t, role in pairs
+    ]
     leaves = [t for t in tensors if t.requires_grad]
     parameters = [t for t, (_, role) in zip(tensors, pairs, strict=True) if role == PARAMETER]
+    device = tensors[0].device
     kwargs = inputs.kwargs
     if mode == "inference":
 
         def step() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, amp):
                 fn(*tensors, **kwargs)
 
         return step
     if mode == "forward":
-        return lambda: fn(*tensors, **kwargs)
+
+        def forward() -> None:
+            with autocast(device, amp):
+                fn(*tensors, **kwargs)
+
+        return forward
     optimizer = (
         torch.optim.AdamW(parameters, LEARNING_RATE, weight_decay=WEIGHT_DECAY) if mode == "train_step" else None
     )
@@ -133,7 +155,8 @@ def op_step(fn: Callable, inputs: OpInputs, mode: str) -> Callable[[], None]:
     def step() -> None:
         for leaf in leaves:
             leaf.grad = None
-        out = fn(*tensors, **kwargs)
+        with autocast(device, amp):
+            out = fn(*tensors, **kwargs)
         if not grad_output:
             generator = torch.Generator(out.device).manual_seed(1)
             grad_output.append(torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype))
@@ -178,9 +201,16 @@ def build_model(config: ModelConfig, backend: str, device: torch.device, seed: i
 
 
 def model_step(
-    model: torch.nn.Module, config: ModelConfig, batch: int, device: torch.device, mode: str, seed: int = 0
+    model: torch.nn.Module,
+    config: ModelConfig,
+    batch: int,
+    device: torch.device,
+    mode: str,
+    seed: int = 0,
+    amp: torch.dtype | None = None,
 ) -> Callable:
-    """One call of the whole model in ``mode`` (the model is switched to eval or train mode here).
+    """One call of the whole model in ``mode`` (the model is switched to eval or train mode here), under
+    autocast in ``amp`` when given (the loss and the optimizer step in float32, as in training).
 
     Training calls re-seed the RNG first, so every call (and every variant) makes the same random choices
     (statistics swap, mismatch partner): the same work each time, and no new graph for torch.compile mid-timing.
@@ -190,7 +220,7 @@ def model_step(
         model.eval()
 
         def step() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, amp):
                 model(video, audio)
 
         return step
@@ -199,7 +229,8 @@ def model_step(
 
         def forward() -> None:
             torch.manual_seed(seed)
-            model(video, audio)
+            with autocast(device, amp):
+                model(video, audio)
 
         return forward
     optimizer = None
@@ -209,7 +240,9 @@ def model_step(
     def step() -> None:
         torch.manual_seed(seed)
         model.zero_grad(set_to_none=True)
-        training_loss(model(video, audio), labels).backward()
+        with autocast(device, amp):
+            output = model(video, audio)
+        training_loss(output, labels).backward()
         if optimizer is not None:
             optimizer.step()
 

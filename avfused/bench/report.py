@@ -2,7 +2,8 @@
 
 markdown_report(result) -> str          the terminal output and benchmarks/results/<device>.md
 readme_summary(result, link) -> str     the short table the README shows (whole model + targets)
-write_outputs(result, directory) -> {kind: path}   <slug>.md, .json, .csv and .png (PNG if matplotlib is there)
+write_outputs(result, directory) -> {kind: path}   <slug>.md, .json, .csv and .png (PNG if matplotlib is there);
+                                        <slug> is the device's, plus "-bf16" / "-fp16" for an autocast run
 update_readme(path, summary)            replace the text between the README's bench markers
 """
 
@@ -325,13 +326,28 @@ def write_plot(result: BenchResult, path: Path) -> bool:
     return True
 
 
-def write_outputs(result: BenchResult, directory: Path, report: str | None = None) -> dict[str, Path]:
-    """Write <slug>.md, .json, .csv (and .png when matplotlib is installed) into ``directory``."""
+def output_stem(result: BenchResult) -> str:
+    """The results' file name: the device's slug, and the autocast dtype when there is one."""
+    dtype = result.meta["dtype"]
+    suffix = "" if dtype == "float32" else "-" + {"bfloat16": "bf16", "float16": "fp16"}.get(dtype.split()[0], dtype)
+    return result.meta["device_slug"] + suffix
+
+
+def write_partial(result: BenchResult, directory: Path, report: str | None = None) -> dict[str, Path]:
+    """<slug>.md and .json of the rows measured so far (written after each row, so a killed run keeps them)."""
     directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / result.meta["device_slug"]
-    paths = {"markdown": stem.with_suffix(".md"), "json": stem.with_suffix(".json"), "csv": stem.with_suffix(".csv")}
+    stem = directory / output_stem(result)
+    paths = {"markdown": stem.with_suffix(".md"), "json": stem.with_suffix(".json")}
     paths["markdown"].write_text(report if report is not None else markdown_report(result))
     paths["json"].write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    return paths
+
+
+def write_outputs(result: BenchResult, directory: Path, report: str | None = None) -> dict[str, Path]:
+    """Write <slug>.md, .json, .csv (and .png when matplotlib is installed) into ``directory``."""
+    paths = write_partial(result, directory, report)
+    stem = directory / output_stem(result)
+    paths["csv"] = stem.with_suffix(".csv")
     write_csv(result, paths["csv"])
     if write_plot(result, stem.with_suffix(".png")):
         paths["png"] = stem.with_suffix(".png")

@@ -36,6 +36,8 @@ class Settings:
     subjects: Sequence[str] = SUBJECTS
     modes: Sequence[str] = MODES
     batch_sizes: Sequence[int] = (1, 4)
+    train_batch: int | None = None  # the training modes' batch (None: the largest of batch_sizes)
+    amp: torch.dtype | None = None  # autocast dtype of the model cases (the ops get activations in it)
     variants: Sequence[str] = VARIANTS
     compile_skipped: str | None = None  # why torch.compile is not measured (None: it is)
     warmup: int = 2
@@ -79,6 +81,10 @@ class Row:
     def key(self) -> tuple[str, str, int]:
         return self.subject, self.mode, self.batch
 
+    @property
+    def ms_per_clip(self) -> float | None:
+        return None if self.median_ms is None else self.median_ms / self.batch
+
 
 @dataclass
 class BenchResult:
@@ -102,6 +108,11 @@ def _log_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def run_dtype(settings: Settings) -> str:
+    """'float32', or e.g. 'bfloat16 autocast'."""
+    return "float32" if settings.amp is None else f"{str(settings.amp).replace('torch.', '')} autocast"
+
+
 def describe_run(settings: Settings) -> dict:
     """Everything a reader needs to reproduce or compare the run: device, versions, config, settings."""
     device = settings.device
@@ -118,8 +129,9 @@ def describe_run(settings: Settings) -> dict:
         "git_commit": hardware.git_commit(),
         "config_name": settings.config_name,
         "config": settings.config.to_dict(),
-        "dtype": "float32",
+        "dtype": run_dtype(settings),
         "batch_sizes": list(settings.batch_sizes),
+        "train_batch": settings.train_batch or max(settings.batch_sizes),
         "warmup": settings.warmup,
         "max_repeats": settings.repeats,
         "budget_s": settings.budget_s,
@@ -151,9 +163,10 @@ class _WorkFigures:
 
 def make_step(case: Case, variant: str, settings: Settings, implementations: Implementations) -> Callable:
     if case.subject == MODEL:
-        return model_step(implementations.model(variant), settings.config, case.batch, settings.device, case.mode)
+        model = implementations.model(variant)
+        return model_step(model, settings.config, case.batch, settings.device, case.mode, amp=settings.amp)
     inputs = op_inputs(case.subject, settings.config, case.batch, settings.device)
-    return op_step(implementations.op_function(case.subject, variant), inputs, case.mode)
+    return op_step(implementations.op_function(case.subject, variant), inputs, case.mode, amp=settings.amp)
 
 
 def _fill_work(row: Row, figures: work.Work, settings: Settings) -> None:
@@ -166,7 +179,8 @@ def _fill_work(row: Row, figures: work.Work, settings: Settings) -> None:
     row.gbytes_per_s = moved * row.batch / seconds / 1e9
     peak = hardware.device_peak(settings.device)
     if peak is not None:
-        bound_s = max(flops * row.batch / peak.flops_for(torch.float32), moved * row.batch / peak.bandwidth)
+        compute = peak.flops_for(settings.amp or torch.float32)
+        bound_s = max(flops * row.batch / compute, moved * row.batch / peak.bandwidth)
         row.roofline_pct = 100.0 * bound_s / seconds
 
 
@@ -223,53 +237,79 @@ def add_ratios(rows: Sequence[Row]) -> None:
             row.vs_compile = compiled.median_ms / row.median_ms
 
 
-def run_benchmarks(settings: Settings, log: Callable[[str], None] = _log_to_stderr) -> BenchResult:
+def run_benchmarks(
+    settings: Settings,
+    log: Callable[[str], None] = _log_to_stderr,
+    on_row: Callable[[BenchResult], None] | None = None,
+) -> BenchResult:
+    """Every case with every variant that runs; ``on_row`` sees the result after each measured row."""
     # Move everything alive now (torch, sympy, compilers) out of the collector's sight: the collections
     # between cases then take milliseconds instead of about half a second each. Undone at the end.
     gc.collect()
     gc.freeze()
     try:
-        return _run(settings, log)
+        return _run(settings, log, on_row)
     finally:
         gc.unfreeze()
 
 
-def _run(settings: Settings, log: Callable[[str], None]) -> BenchResult:
+def _finish(result: BenchResult, settings: Settings, status: dict[str, str | None]) -> None:
+    """Ratios and targets of the rows so far."""
+    add_ratios(result.rows)
+    fused_status = {variant_label(name, settings.device): status[name] for name in FUSED}
+    result.targets = evaluate_targets(result.rows, settings.device.type, fused_status, run_dtype(settings))
+    if detection.DETECT in settings.subjects:
+        result.targets += detection.detection_targets(result.detection, settings.device.type, settings.quick)
+
+
+def _run(settings: Settings, log: Callable[[str], None], on_row: Callable[[BenchResult], None] | None) -> BenchResult:
     status = variant_status(settings.device, settings.compile_skipped)
     for name in VARIANTS:
         if name not in settings.variants and status[name] is None:
             status[name] = "not selected (--backends)"
     result = BenchResult(describe_run(settings), status)
     runnable = [name for name in VARIANTS if status[name] is None]
-    cases = plan_cases([s for s in settings.subjects if s in SUBJECTS], settings.modes, settings.batch_sizes)
+    cases = plan_cases(
+        [s for s in settings.subjects if s in SUBJECTS], settings.modes, settings.batch_sizes, settings.train_batch
+    )
     cases.sort(key=lambda case: case.subject != MODEL)  # the model first: the targets need it if time runs out
     implementations = Implementations(settings.config, settings.device)
     figures = _WorkFigures(settings.config, settings.device)
-    total, done = len(cases) * len(runnable), 0
+    # torch.compile last: its first calls compile for minutes, so under a time limit it is what gets cut
+    work_list = [(case, variant) for variant in runnable if variant == "compile" for case in cases]
+    work_list = [(case, variant) for case in cases for variant in runnable if variant != "compile"] + work_list
+    total = len(work_list)
     started = time.perf_counter()
-    for case in cases:
-        if case.subject != MODEL and detection.DETECT in settings.subjects and not result.detection:
-            result.detection = _run_detection(settings, started, log)  # after the model: a target too
-        case_work = figures(case)
-        for variant in runnable:
-            done += 1
-            if settings.time_limit_s is not None and time.perf_counter() - started > settings.time_limit_s:
-                row = Row(*case.key, variant, variant_label(variant, settings.device), "skipped")
-                row.reason = f"time limit of {settings.time_limit_s:g} s reached"
-            else:
-                row = measure_case(case, variant, settings, implementations)
-            _fill_work(row, case_work, settings)
-            result.rows.append(row)
-            shown = f"{row.median_ms:.3f} ms" if row.status == "ok" else f"{row.status}: {row.reason}"
-            log(f"[{done}/{total}] {case.subject} {case.mode} batch {case.batch} {row.label}: {shown}")
-    if detection.DETECT in settings.subjects and not result.detection:
-        result.detection = _run_detection(settings, started, log)
-    add_ratios(result.rows)
-    fused_status = {variant_label(name, settings.device): status[name] for name in FUSED}
-    result.targets = evaluate_targets(result.rows, settings.device.type, fused_status)
-    if detection.DETECT in settings.subjects:
-        result.targets += detection.detection_targets(result.detection, settings.device.type, settings.quick)
+    for done, (case, variant) in enumerate(work_list, start=1):
+        if _detection_due(settings, result, case.subject != MODEL or variant == "compile"):
+            _add_detection(result, settings, status, started, log, on_row)  # after the model: a target too
+        if settings.time_limit_s is not None and time.perf_counter() - started > settings.time_limit_s:
+            row = Row(*case.key, variant, variant_label(variant, settings.device), "skipped")
+            row.reason = f"time limit of {settings.time_limit_s:g} s reached"
+        else:
+            row = measure_case(case, variant, settings, implementations)
+        _fill_work(row, figures(case), settings)
+        result.rows.append(row)
+        shown = f"{row.median_ms:.3f} ms" if row.status == "ok" else f"{row.status}: {row.reason}"
+        log(f"[{done}/{total}] {case.subject} {case.mode} batch {case.batch} {row.label}: {shown}")
+        if on_row is not None:
+            _finish(result, settings, status)
+            on_row(result)
+    if _detection_due(settings, result, True):
+        _add_detection(result, settings, status, started, log, on_row)
+    _finish(result, settings, status)
     return result
+
+
+def _detection_due(settings: Settings, result: BenchResult, model_done: bool) -> bool:
+    return model_done and detection.DETECT in settings.subjects and not result.detection
+
+
+def _add_detection(result: BenchResult, settings: Settings, status, started: float, log, on_row) -> None:
+    result.detection = _run_detection(settings, started, log)
+    if on_row is not None:
+        _finish(result, settings, status)
+        on_row(result)
 
 
 def _run_detection(settings: Settings, started: float, log: Callable[[str], None]) -> list[detection.DetectionRow]:

@@ -12,7 +12,6 @@ each (and compiling it) once per run.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
@@ -20,19 +19,15 @@ import torch
 from avfused import backends, reference
 from avfused.bench.cases import build_model
 from avfused.config import ModelConfig
+from avfused.errors import BackendUnavailableError
 
 VARIANTS = ("eager", "compile", "triton", "cuda")
 FUSED = ("triton", "cuda")
-BASELINES = ("eager", "compile")
 
 
 def variant_label(variant: str, device: torch.device) -> str:
     """The name shown in tables: the cuda backend on a CPU is its C++ path, 'cpp'."""
     return "cpp" if variant == "cuda" and device.type == "cpu" else variant
-
-
-def triton_interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def variant_status(device: torch.device, compile_skipped: str | None = None) -> dict[str, str | None]:
@@ -41,7 +36,7 @@ def variant_status(device: torch.device, compile_skipped: str | None = None) -> 
     status: dict[str, str | None] = {"eager": None, "compile": compile_skipped}
     for name in FUSED:
         reason = fused[name]
-        if name == "triton" and triton_interpreter_on():
+        if name == "triton" and backends.interpreter_enabled():
             reason = "TRITON_INTERPRET=1: the Triton interpreter is for tests and is never benchmarked"
         status[name] = reason
     return status
@@ -51,9 +46,7 @@ def _reference_on_device(op: str, variant: str, device: torch.device) -> bool:
     """True where the cuda backend serves an op whose CUDA tensors run the reference (CPU-only kernels)."""
     if variant != "cuda" or device.type != "cuda":
         return False
-    from avfused.ops import cuda_impl
-
-    return op in cuda_impl.CPU_ONLY_OPS
+    return not backends.implements("cuda", op, device.type)
 
 
 class FallbackError(RuntimeError):
@@ -77,7 +70,10 @@ class Implementations:
             elif variant == "compile":
                 fn = torch.compile(reference_fn, dynamic=False)
             else:
-                fn = backends.get_op(op, variant, self.device)
+                try:
+                    fn = backends.get_op(op, variant, self.device)
+                except BackendUnavailableError as exc:
+                    raise FallbackError(f"backend {variant!r} does not implement {op} here: {exc}") from exc
                 if fn is reference_fn or _reference_on_device(op, variant, self.device):
                     raise FallbackError(f"backend {variant!r} does not implement {op} (it would run the reference)")
             self._functions[key] = fn

@@ -17,7 +17,9 @@ import torch
 
 HELP = "benchmark the fused ops and the model against eager PyTorch and torch.compile"
 
-DEFAULT_BATCHES = {"cpu": (1, 4), "cuda": (1, 32)}
+DEFAULT_BATCHES = {"cpu": (1, 8), "cuda": (1, 32)}  # inference at each
+DEFAULT_TRAIN_BATCH = {"cpu": 4, "cuda": 32}
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUICK_BATCHES = (1, 2)
 DEFAULT_WARMUP = {"cpu": 1, "cuda": 2}  # a GPU's second call can still autotune or build CUDA graphs
 
@@ -67,7 +69,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-sizes",
         type=_batch_sizes,
         default="auto",
-        help="inference runs at each, training modes at the largest (auto: 1,4 on CPU, 1,32 on GPU; --quick 1,2)",
+        help="inference runs at each (auto: 1,8 on CPU, 1,32 on GPU; --quick 1,2)",
+    )
+    parser.add_argument(
+        "--train-batch",
+        type=int,
+        default=0,
+        help="the batch of the training modes (0: 4 on CPU, 32 on GPU; --quick the largest of --batch-sizes)",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=sorted(AMP_DTYPES),
+        default="off",
+        help="run the model under torch.autocast in bf16 or fp16 (the ops get activations in that dtype)",
     )
     parser.add_argument("--preset", choices=["small", "large", "demo"], default="small", help="model config")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the GPU when present")
@@ -134,6 +148,8 @@ def settings_from_args(args: argparse.Namespace):
         subjects=args.ops,
         modes=args.modes,
         batch_sizes=args.batch_sizes or (QUICK_BATCHES if args.quick else DEFAULT_BATCHES[device.type]),
+        train_batch=args.train_batch or (None if args.quick else DEFAULT_TRAIN_BATCH[device.type]),
+        amp=AMP_DTYPES[args.amp],
         variants=args.backends,
         compile_skipped=compile_skipped,
         warmup=1 if args.quick else max(args.warmup or DEFAULT_WARMUP[device.type], 1),
@@ -159,7 +175,13 @@ def run(args: argparse.Namespace) -> int:
     from avfused.bench import report
     from avfused.bench.runner import run_benchmarks
 
-    result = run_benchmarks(settings_from_args(args))
+    on_row = None
+    if not args.no_save:  # keep what is measured so far if the run is stopped (a time-limited GPU check)
+
+        def on_row(partial) -> None:
+            report.write_partial(partial, args.output_dir)
+
+    result = run_benchmarks(settings_from_args(args), on_row=on_row)
     text = report.markdown_report(result)
     print(text)
     if not args.no_save:

@@ -3,7 +3,10 @@
 Long videos are scored in sliding windows of the model's clip length (``--hop`` seconds apart) and the
 windows aggregated (``--aggregate mean|max``). Each file is decoded in one pass, its next windows while
 the model scores the last (``--decode seek`` reads every window on its own, as before). A file that cannot
-be read prints one line with the reason; the other files go on, and the exit status is 1.
+be read prints one line with the reason; the other files go on, and the exit status is 1. Options that
+cannot work (``--hop 0``, a threshold outside [0, 1], a device or forced backend that is not here) are one
+error before any file (exit status 2). A file shorter than a window is scored on a padded window, and its
+line says how much.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--backend", default="auto", help="kernels: auto, torch, triton, cuda")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar for files of many windows")
     parser.add_argument(
         "--threads",
         type=int,
@@ -43,32 +47,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# a file whose windows are more than this share padding gets a word of warning on its line
+MOSTLY_PADDED = 0.5
+
+
 def _line(result, threshold: float) -> str:
     a = result.aggregate
     verdict = "FAKE" if a["clip"] >= threshold else "real"
+    count = len(result.windows)
+    note = f"{count} window{'s' if count != 1 else ''}"
+    padded = result.padded_seconds
+    if padded > 0:
+        length = sum(w.end - w.start for w in result.windows)
+        note += f"; {padded:.2f} s of {length:.2f} s padded (the file is shorter than a window)"
+        if padded > MOSTLY_PADDED * length:
+            note += ": mostly padding, the score says little"
     return (
-        f"{result.path}: {verdict}  clip {a['clip']:.4f}  visual {a['visual']:.4f}  audio {a['audio']:.4f}"
-        f"  ({len(result.windows)} window{'s' if len(result.windows) != 1 else ''})"
+        f"{result.path}: {verdict}  clip {a['clip']:.4f}  visual {a['visual']:.4f}  audio {a['audio']:.4f}  ({note})"
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from avfused.backends import resolve_backend
     from avfused.checkpoint import load_checkpoint, load_model
     from avfused.data.decode import ClipSpec
-    from avfused.detect import default_threads, detect_file
-    from avfused.evaluate import resolve_device
+    from avfused.detect import check_hop, default_threads, detect_file
+    from avfused.errors import ConfigError
+    from avfused.evaluate import check_threshold, resolve_device
     from avfused.training.threads import set_threads
 
+    check_hop(args.hop)
+    check_threshold(args.threshold)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     set_threads(args.threads or default_threads())
     checkpoint = load_checkpoint(args.checkpoint)
     device = resolve_device(args.device)
+    resolve_backend(args.backend, device)  # a forced backend that cannot run: one error, not one per file
     model = load_model(args.checkpoint, args.backend, device)
     faces = args.faces or (checkpoint.state.get("data") or {}).get("faces", "none")
     spec = ClipSpec.from_config(checkpoint.config, faces=faces)
     results, failed = [], 0
     for path in args.videos:
         amp = device.type == "cuda"
-        result = detect_file(model, path, spec, args.hop, args.batch_size, device, amp, args.aggregate, args.decode)
+        result = detect_file(
+            model, path, spec, args.hop, args.batch_size, device, amp, args.aggregate, not args.no_progress, args.decode
+        )
         results.append(result)
         if not result.ok:
             failed += 1

@@ -13,6 +13,11 @@ Several checkpoints (one per fold of a split file): each is scored on its own fo
 mean ± std over the folds; ``<out>/eval-folds-<subset>.json`` (default: the checkpoints' common folder)
 holds every fold's result and the aggregate.
 
+Refused (one error, exit status 2): clips that cannot be read (``--skip-unreadable`` scores the rest and
+lists them under "skipped"), a split whose train, val and test share files or identities
+(``--allow-split-leak``, recorded under "split_leak"), a threshold outside [0, 1], a device or forced
+backend that is not here.
+
 ``--baseline silence`` (no checkpoint): each video scored by its leading silence alone (see
 avfused.evaluate.predict_silence), to show how much a dataset leaks; writes ``<out>/baseline-silence-<subset>.json``.
 """
@@ -55,6 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-other-split", action="store_true",
         help="evaluate on a split file other than the one the checkpoint was trained on (test files may be seen)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-split-leak", action="store_true",
+        help="score although train, val and test share files or identities (refused otherwise; in the JSON)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--skip-unreadable", action="store_true",
+        help="score the videos that read and list the others in the JSON (refused otherwise: the figures would "
+        "silently leave them out)",
     )  # fmt: skip
     parser.add_argument("--subset", default="test", choices=SUBSETS, help="which part of the data to score")
     parser.add_argument(
@@ -102,8 +116,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from avfused.errors import ConfigError
+    from avfused.evaluate import check_threshold
     from avfused.training.threads import set_threads
 
+    check_threshold(args.threshold)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     set_threads(args.threads)
     if args.baseline:
         if args.checkpoints:
@@ -125,9 +143,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _device(args: argparse.Namespace):
+    from avfused.backends import resolve_backend
     from avfused.evaluate import resolve_device
 
     device = resolve_device(args.device)
+    resolve_backend(args.backend, device)  # a forced backend that cannot run: one named error before any file
     return device, args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
 
 
@@ -164,8 +184,9 @@ def _checkpoint_source(checkpoint: str, trained_on: dict, args: argparse.Namespa
     split_file = args.split or trained_on.get("split_file")
     if split_file is None:
         fractions = tuple(args.split_fractions or trained_on.get("fractions") or (0.7, 0.15, 0.15))
-        return DataSource(data_path, dataset, seed, fractions)
-    source = fold_source(data_path, dataset, seed, split_file, args.fold or trained_on.get("fold"))
+        return DataSource(data_path, dataset, seed, fractions, allow_split_leak=args.allow_split_leak)
+    fold = args.fold or trained_on.get("fold")
+    source = fold_source(data_path, dataset, seed, split_file, fold, args.allow_split_leak)
     _check_same_split(source, trained_on, checkpoint, args.allow_other_split)
     return source
 
@@ -212,13 +233,21 @@ def _evaluate_checkpoint(checkpoint_path: str, args: argparse.Namespace, device,
 
 def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, extra: dict, heads=None) -> dict:
     """Pool the parts per video, print the table under its header, write the JSON (and ROC PNG)."""
-    from avfused.errors import ConfigError
+    from avfused.checkpoint import atomic_write_bytes
+    from avfused.errors import ConfigError, UnreadableFilesError
     from avfused.evaluate import HEADS, Predictions, format_table, report, save_roc_plot, video_level
     from avfused.metrics import json_safe
 
     heads = heads or HEADS
     windows = "first" if args.baseline else args.windows  # the silence cue lives in a video's first window
     predictions = Predictions.concat(parts)
+    skipped = predictions.skipped
+    if skipped and not args.skip_unreadable:
+        raise UnreadableFilesError(
+            source.path,
+            f"{len(skipped)} clip(s) of the {args.subset} part could not be read (e.g. {skipped[0]}); the figures "
+            "would leave them out: fix or remove them, or --skip-unreadable scores the rest and lists them",
+        )
     if len(predictions) == 0:
         raise ConfigError(f"no readable clips in the {args.subset} part of {source.path}")
     videos = video_level(predictions)
@@ -230,18 +259,27 @@ def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, e
             "fold": source.fold,
             "data": {**source.to_dict(), "subset": args.subset, "silence_cue": silence_cue, "windows": windows},
             "test_methods": args.test_methods,
+            "skipped": skipped,  # "path: reason" of every clip that could not be read (--skip-unreadable)
             "videos_scored": videos.to_rows(),
         }
     )
+    if source.allow_split_leak:
+        result["split_leak"] = source.leaks()
     print(
         f"{name}: {len(videos)} videos ({len(predictions)} windows, {windows}), "
         f"{_describe(source, args.subset, silence_cue)}"
     )
+    if skipped:
+        print(f"warning: {len(skipped)} clip(s) could not be read and are left out (listed in the JSON)")
+    if result.get("split_leak", {}).get("files") or result.get("split_leak", {}).get("identities"):
+        leak = result["split_leak"]
+        print(f"warning: the split leaks ({len(leak['files'])} files, {len(leak['identities'])} identities shared); "
+              "accepted by --allow-split-leak")  # fmt: skip
     print(format_table(result, heads))
     out.mkdir(parents=True, exist_ok=True)
     stem = f"baseline-silence-{args.subset}" if args.baseline else f"eval-{args.subset}"
     json_path = out / f"{stem}.json"
-    json_path.write_text(json.dumps(json_safe(result), indent=2))
+    atomic_write_bytes(json_path, json.dumps(json_safe(result), indent=2).encode())  # a full disk: one error line
     print(f"wrote {json_path}")
     if not args.no_plot:
         png = out / f"roc-{args.subset}.png" if not args.baseline else out / f"{stem}.png"
@@ -255,6 +293,7 @@ def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, e
 
 def _report_folds(results: list[dict], args: argparse.Namespace) -> None:
     """Print the mean ± std table over the checkpoints' folds and write every result beside it."""
+    from avfused.checkpoint import atomic_write_bytes
     from avfused.folds import aggregate_folds, format_mean_std_table
     from avfused.metrics import json_safe
 
@@ -270,7 +309,7 @@ def _report_folds(results: list[dict], args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"eval-folds-{args.subset}.json"
     summary = {"split_sha256": shas, "checkpoints": checkpoints, "mean_std": aggregate, "folds": results}
-    path.write_text(json.dumps(json_safe(summary), indent=2))
+    atomic_write_bytes(path, json.dumps(json_safe(summary), indent=2).encode())
     print(f"wrote {path}")
 
 
@@ -280,11 +319,12 @@ def _baseline_source(args: argparse.Namespace):
     dataset = args.dataset or "fakeavceleb"
     seed = args.split_seed or 0
     if args.split:
-        source = fold_source(args.data, dataset, seed, args.split, args.fold)
+        source = fold_source(args.data, dataset, seed, args.split, args.fold, args.allow_split_leak)
         if args.fold is None:
             log.info("split %s: fold %s, the first (--fold picks another)", args.split, source.fold)
         return source
-    return DataSource(args.data, dataset, seed, tuple(args.split_fractions or (0.7, 0.15, 0.15)))
+    fractions = tuple(args.split_fractions or (0.7, 0.15, 0.15))
+    return DataSource(args.data, dataset, seed, fractions, allow_split_leak=args.allow_split_leak)
 
 
 def _run_baseline(args: argparse.Namespace) -> int:

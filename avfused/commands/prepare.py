@@ -6,8 +6,10 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 from pathlib import Path
 
+from avfused.checkpoint import atomic_write_bytes
 from avfused.config import ModelConfig
 from avfused.data.cache import AUDIO_DTYPES, prepare_cache
 from avfused.data.datasets import DATASETS, load_records, split_by_identity
@@ -55,6 +57,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The ``avfused prepare`` command that redoes this cache (every option that shapes it), for error messages."""
+    options = [
+        ("--data", args.data), ("--dataset", args.dataset), ("--out", args.out), ("--preset", args.preset),
+        ("--frames", args.frames), ("--image-size", args.image_size), ("--seconds", args.seconds),
+        ("--faces", args.faces), ("--face-margin", args.face_margin), ("--pad", args.pad),
+        ("--windows-per-file", args.windows_per_file), ("--audio-dtype", args.audio_dtype),
+        ("--shard-size", args.shard_size), ("--split-seed", args.split_seed), ("--limit", args.limit or None),
+    ]  # fmt: skip
+    words = ["avfused", "prepare"]
+    for flag, value in options:
+        if value is not None:
+            words += [flag, str(value)]
+    words += ["--fractions", *map(str, args.fractions)]
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     config = ModelConfig.preset(args.preset)
     overrides = {
@@ -79,12 +98,15 @@ def run(args: argparse.Namespace) -> int:
         windows_per_file=args.windows_per_file,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        command=command_line(args),
     )
     print(
         f"{report.files_in} files in: {report.files_cached} cached ({report.clips} clips) + "
         f"{report.files_skipped} skipped; {report.shards} shards ({report.shards_reused} reused) in {report.out_dir}"
     )
+    for line in report.redone:
+        print(f"  decoded again: {line}")
     for item in report.skipped:
         print(f"  skipped {item['path']}: {item['error']}: {item['reason']}")
-    (Path(args.out) / "skipped.json").write_text(json.dumps(report.skipped, indent=1))
+    atomic_write_bytes(Path(args.out) / "skipped.json", json.dumps(report.skipped, indent=1).encode())
     return 0

@@ -13,9 +13,10 @@ import logging
 import os
 from pathlib import Path
 
+from avfused.errors import ConfigError, OutputExistsError
 from avfused.training.augment import AugmentConfig
 from avfused.training.data import SILENCE_CUE_MODES
-from avfused.training.loop import LAST, TrainConfig
+from avfused.training.loop import LAST, RUN_FILES, TrainConfig
 
 HELP = "train a detector (on the built-in synthetic benchmark when no --data is given)"
 log = logging.getLogger("avfused")
@@ -49,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "15%% of its identities held out for validation",
     )  # fmt: skip
     data.add_argument("--fold", default=None, help="fold of --split, by name or index (default: the first)")
+    data.add_argument(
+        "--allow-split-leak", action="store_true",
+        help="train although train, val and test share files or identities (refused otherwise; recorded)",
+    )  # fmt: skip
     data.add_argument(
         "--split-seed", type=int, default=0, help="seed of the identity split (with --split: of the validation share)"
     )
@@ -85,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--backend", default="auto", help="kernels: auto, torch, triton, cuda")
     model.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
 
-    recipe = parser.add_argument_group("recipe (DESIGN.md section 1)")
+    recipe = parser.add_argument_group("recipe (docs/design.md, section 1)")
     recipe.add_argument(
         "--epochs", type=int, default=None, help=f"epochs (default: {RECIPE['epochs']}; demo {DEMO['epochs']})"
     )
@@ -110,8 +115,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument(
         "--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-        help="continue from CKPT (no value: <out>/last.safetensors)",
+        help="continue from CKPT (no value: <out>/last.safetensors, or from step 0 when there is none yet)",
     )  # fmt: skip
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)"
+    )
     run.add_argument("--save-every", type=int, default=0, help="also write last.safetensors every N steps")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument(
@@ -145,6 +153,45 @@ def _synthesise(args: argparse.Namespace, out: Path) -> Path:
     return folder
 
 
+def load_model_overrides(path: str | None) -> dict:
+    """The ModelConfig fields of a --model-config JSON file; a named error for a missing file, broken JSON or
+    an unknown field."""
+    from avfused.config import ModelConfig
+
+    if path is None:
+        return {}
+    try:
+        overrides = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--model-config {path}: cannot read it ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--model-config {path}: not valid JSON ({exc})") from None
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"--model-config {path}: expected a JSON object of ModelConfig fields, got a "
+                          f"{type(overrides).__name__}")  # fmt: skip
+    known = set(ModelConfig().to_dict())
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"--model-config {path}: unknown field(s) {unknown}; ModelConfig has {sorted(known)}")
+    return overrides
+
+
+def _resume_point(args: argparse.Namespace, out: Path) -> Path | None:
+    """The checkpoint to continue from: --resume CKPT, or <out>/last.safetensors (none yet: step 0)."""
+    if args.resume is None:
+        return None
+    if args.resume != "auto":
+        return Path(args.resume)
+    if (out / LAST).is_file():
+        return out / LAST
+    others = [name for name in RUN_FILES if (out / name).exists()]
+    if others and not args.overwrite:  # e.g. a run killed between its first best and last: nothing to resume
+        raise OutputExistsError(out, f"holds {', '.join(others)} but no {LAST} to resume from; --overwrite "
+                                "starts the run again")  # fmt: skip
+    log.warning("--resume: no %s yet, so training starts at step 0", out / LAST)
+    return None
+
+
 def _data_source(args: argparse.Namespace, data_path: str, dataset: str):
     """Where the clips come from: a fold of --split, or identity fractions; absolute paths, so `avfused eval
     CKPT` finds the data and the split file from any folder."""
@@ -152,19 +199,21 @@ def _data_source(args: argparse.Namespace, data_path: str, dataset: str):
 
     path = str(Path(data_path).resolve())
     if args.split is None:
-        return DataSource(path, dataset, args.split_seed, tuple(args.split_fractions))
-    source = fold_source(path, dataset, args.split_seed, args.split, args.fold)
+        return DataSource(path, dataset, args.split_seed, tuple(args.split_fractions),
+                          allow_split_leak=args.allow_split_leak)  # fmt: skip
+    source = fold_source(path, dataset, args.split_seed, args.split, args.fold, args.allow_split_leak)
     chosen = "given by --fold" if args.fold is not None else "the first; --fold picks another"
     log.info("split %s: fold %s (%s), sha256 %s", args.split, source.fold, chosen, source.split_sha256)
     return source
 
 
 def run(args: argparse.Namespace) -> int:
+    from avfused.checkpoint import load_checkpoint
     from avfused.config import ModelConfig
     from avfused.data.decode import ClipSpec
     from avfused.training.data import split_datasets
     from avfused.training.distributed import Context
-    from avfused.training.loop import Trainer
+    from avfused.training.loop import Trainer, claim_run_folder
     from avfused.training.threads import set_threads
 
     set_threads(args.threads)
@@ -172,6 +221,12 @@ def run(args: argparse.Namespace) -> int:
     if not context.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     out = Path(args.out)
+    resume = _resume_point(args, out)
+    overrides = load_model_overrides(args.model_config)
+    if context.is_main:  # before any data is decoded
+        claim_run_folder(out, resume, args.overwrite)
+    if resume is not None:
+        load_checkpoint(resume)  # a missing or damaged checkpoint: said now, not after decoding the data
     synthetic = args.data is None
     if synthetic:
         if context.is_main:
@@ -180,8 +235,10 @@ def run(args: argparse.Namespace) -> int:
         data_path, dataset = str(out / "synthetic"), "synthetic"
     else:
         data_path, dataset = args.data, args.dataset or "fakeavceleb"
-    overrides = json.loads(Path(args.model_config).read_text()) if args.model_config else {}
-    config = ModelConfig.preset(args.preset or ("demo" if synthetic else "small"), **overrides)
+    try:
+        config = ModelConfig.preset(args.preset or ("demo" if synthetic else "small"), **overrides)
+    except TypeError as exc:  # a field of the wrong type (ModelConfig's own checks raise ConfigError)
+        raise ConfigError(f"--model-config {args.model_config}: {exc}") from None
     defaults = DEMO if synthetic else RECIPE
     train_config = TrainConfig(
         epochs=args.epochs if args.epochs is not None else defaults["epochs"],
@@ -221,10 +278,11 @@ def run(args: argparse.Namespace) -> int:
         "train_methods": args.train_methods,
         "silence_cue": args.silence_cue,
     }
-    trainer = Trainer(config, train_config, datasets["train"], datasets["val"], out, args.backend, context, data_info)
-    resume = None
-    if args.resume is not None:
-        resume = out / LAST if args.resume == "auto" else Path(args.resume)
+    if args.allow_split_leak:  # accepted: say what leaked, so every result computed from this run shows it
+        data_info["split_leak"] = source.leaks()
+    trainer = Trainer(
+        config, train_config, datasets["train"], datasets["val"], out, args.backend, context, data_info, args.overwrite
+    )
     try:
         summary = trainer.fit(resume=resume)
     finally:

@@ -4,21 +4,30 @@
     out_dir/cache.json                  what the cache is: the clip spec, audio dtype, shard size and a
                                         fingerprint of the records (a resumed run must match it)
     out_dir/shards/shard-NNNNN.safetensors   video uint8 (n, T, 3, H, W), audio int16 or float16 (n, S)
-    out_dir/shards/shard-NNNNN.json     the n clips' records, window starts and labels; the files of
-                                        this shard that were skipped and why. Written last, atomically:
-                                        its presence marks the shard done, so an interrupted run
-                                        resumes at the first shard without it.
-    out_dir/index.json                  every clip (shard, row, labels ...), every skipped file with its
-                                        error and reason, and the counts: files in = files cached +
-                                        files skipped (asserted), clips out.
+    out_dir/shards/shard-NNNNN.json     the n clips' records, window starts, labels and each row's
+                                        checksum; the shard file's size and sha256; the files of this
+                                        shard that were skipped, why, and their size and mtime then.
+                                        Written last, atomically: its presence marks the shard done,
+                                        so an interrupted run resumes at the first shard without it.
+    out_dir/index.json                  every clip (shard, row, labels, checksum ...), every shard's
+                                        size and sha256, every skipped file with its error and reason,
+                                        the counts: files in = files cached + files skipped (asserted),
+                                        clips out; and the command that prepared it.
 Shard k holds the records k * shard_size ... (k + 1) * shard_size - 1 (their clips, minus the skipped).
 
+A rerun verifies every shard it would reuse (size and sha256) and decodes again the ones that fail,
+and those with a skipped file that changed since (it may have been fixed); ``CacheReport.redone``
+says which and why.
+
 ``CachedClipDataset(out_dir, split=...)`` reads it back: items as ClipDataset's (video float32
-(T, 3, H, W) in [0, 1], audio float32 (S,) in [-1, 1], labels, category, method, ...).
+(T, 3, H, W) in [0, 1], audio float32 (S,) in [-1, 1], labels, category, method, ...). It checks each
+shard's size when it opens it and each row's checksum when it reads it; a missing, truncated or
+altered shard raises CacheError naming the shard and the command that redoes it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -30,10 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_tensors
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from avfused.checkpoint import atomic_write_bytes, remove_stale_temporaries
 from avfused.data.datasets import ClipRecord, clip_item, records_fingerprint
 from avfused.data.decode import ClipSpec, probe, read_clip
 from avfused.errors import CacheError, ConfigError, DataError
@@ -41,7 +51,7 @@ from avfused.errors import CacheError, ConfigError, DataError
 log = logging.getLogger(__name__)
 
 AUDIO_DTYPES = {"int16": torch.int16, "float16": torch.float16}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksums of shards and rows, signatures of skipped files
 
 
 @dataclass
@@ -56,12 +66,35 @@ class CacheReport:
     shards: int
     shards_reused: int
     skipped: list[dict] = field(default_factory=list)
+    redone: list[str] = field(default_factory=list)  # "shard-NNNNN: why it was decoded again"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
+
+
+def _row_digest(video: np.ndarray, audio: np.ndarray) -> str:
+    """Checksum of one clip's stored bytes (a reader verifies each row it reads)."""
+    digest = hashlib.sha256(np.ascontiguousarray(video).tobytes())
+    digest.update(np.ascontiguousarray(audio).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _file_signature(path: str) -> list[int] | None:
+    """(size, mtime) of a file, None when it cannot be found: a skipped file whose signature changed may be fixed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _window_starts(path: str, spec: ClipSpec, windows: int) -> list[float]:
@@ -143,7 +176,7 @@ def _write_shard(
     for offset, record in enumerate(records):
         decoded, problem = results[first + offset]
         if problem is not None:
-            skipped.append({"path": record.path, **problem})
+            skipped.append({"path": record.path, **problem, "signature": _file_signature(record.path)})
             continue
         for start, video, audio in decoded:
             label, visual, audio_label = record.labels_for_window(start, start + seconds)
@@ -154,17 +187,43 @@ def _write_shard(
                     "label": label,
                     "visual_label": visual,
                     "audio_label": audio_label,
+                    "sha256": _row_digest(video, audio),
                 }
             )
             videos.append(torch.from_numpy(video))
             audios.append(torch.from_numpy(audio))
     name = f"shard-{number:05d}"
+    file = None
     if videos:
         tensors = {"video": torch.stack(videos).contiguous(), "audio": torch.stack(audios).contiguous()}
-        tmp = shards / f"{name}.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, shards / f"{name}.safetensors")
-    _atomic_write(shards / f"{name}.json", json.dumps({"clips": clips, "skipped": skipped}).encode())
+        blob = save_tensors(tensors)
+        _atomic_write(shards / f"{name}.safetensors", blob)
+        file = {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    meta = {"clips": clips, "skipped": skipped, "file": file}
+    _atomic_write(shards / f"{name}.json", json.dumps(meta).encode())
+
+
+def _shard_problem(shards: Path, number: int) -> str | None:
+    """Why shard ``number`` (marked done) cannot be reused as it is, or None when it can."""
+    name = f"shard-{number:05d}"
+    try:
+        meta = json.loads((shards / f"{name}.json").read_text())
+        clips, skipped, file = meta["clips"], meta["skipped"], meta["file"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        return f"its {name}.json is unreadable ({type(exc).__name__})"
+    path = shards / f"{name}.safetensors"
+    if clips:
+        if not path.is_file():
+            return f"{path.name} is missing"
+        size = path.stat().st_size
+        if size != file["bytes"]:
+            return f"{path.name} has {size} bytes, {file['bytes']} were written (truncated or altered)"
+        if _sha256_file(path) != file["sha256"]:
+            return f"{path.name} does not match its sha256 (corrupted or altered)"
+    for item in skipped:
+        if _file_signature(item["path"]) != item.get("signature"):
+            return f"skipped file {item['path']} changed since ({item['reason']}); it may read now"
+    return None
 
 
 def prepare_cache(
@@ -177,9 +236,11 @@ def prepare_cache(
     windows_per_file: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    command: str | None = None,
 ) -> CacheReport:
     """Decode ``records`` into a shard cache in ``out_dir`` (see the module docstring); resumes an
-    interrupted run with the same records and settings. Bad files are skipped and reported."""
+    interrupted run with the same records and settings, verifying what it reuses. Bad files are skipped
+    and reported. ``command``: the command line that redoes it, for readers' error messages."""
     spec = spec or ClipSpec()
     if audio_dtype not in AUDIO_DTYPES:
         raise ConfigError(f"audio_dtype must be one of {sorted(AUDIO_DTYPES)}, got {audio_dtype!r}")
@@ -189,11 +250,23 @@ def prepare_cache(
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     _check_or_write_header(out, _header(spec, audio_dtype, shard_size, windows_per_file, records), overwrite)
-    for stale in shards.glob("*.tmp"):  # left by an interrupted run
+    for stale in shards.glob("*.tmp"):  # left by an interrupted run of an older avfused
         stale.unlink()
+    remove_stale_temporaries(shards)
+    remove_stale_temporaries(out)
 
     count = -(-len(records) // shard_size)
-    done = {n for n in range(count) if (shards / f"shard-{n:05d}.json").exists()}
+    marked = [n for n in range(count) if (shards / f"shard-{n:05d}.json").exists()]
+    done, redone = set(), []
+    for n in tqdm(marked, desc="verifying", unit="shard", disable=not progress or not marked, leave=False):
+        problem = _shard_problem(shards, n)
+        if problem is None:
+            done.add(n)
+            continue
+        redone.append(f"shard-{n:05d}: {problem}")
+        log.warning("shard-%05d: %s; decoding it again", n, problem)
+        (shards / f"shard-{n:05d}.json").unlink()
+        (shards / f"shard-{n:05d}.safetensors").unlink(missing_ok=True)
     pending = [n for n in range(count) if n not in done]
     jobs = [
         (i, records[i].to_dict(), asdict(spec), audio_dtype, windows_per_file)
@@ -224,10 +297,12 @@ def prepare_cache(
         if pool:
             pool.terminate()
             pool.join()
-    return _write_index(out, count, len(records), len(done))
+    report = _write_index(out, count, len(records), len(done), command)
+    report.redone = redone
+    return report
 
 
-def _write_index(out: Path, count: int, files_in: int, reused: int) -> CacheReport:
+def _write_index(out: Path, count: int, files_in: int, reused: int, command: str | None) -> CacheReport:
     clips, skipped, shard_list = [], [], []
     for n in range(count):
         meta_path = out / "shards" / f"shard-{n:05d}.json"
@@ -236,7 +311,8 @@ def _write_index(out: Path, count: int, files_in: int, reused: int) -> CacheRepo
         for row, clip in enumerate(meta["clips"]):
             clips.append({"shard": name, "row": row, **clip})
         skipped.extend(meta["skipped"])
-        shard_list.append({"file": name if meta["clips"] else None, "clips": len(meta["clips"])})
+        file = {"file": name if meta["clips"] else None, "clips": len(meta["clips"])}
+        shard_list.append({**file, **(meta["file"] or {})})
     cached_files = len({c["record"]["path"] for c in clips})
     if files_in != cached_files + len(skipped):  # every file is accounted for, nothing dropped silently
         raise CacheError(out, f"{files_in} files in but {cached_files} cached + {len(skipped)} skipped")
@@ -250,6 +326,7 @@ def _write_index(out: Path, count: int, files_in: int, reused: int) -> CacheRepo
         "shards": shard_list,
         "clips": clips,
         "skipped": skipped,
+        "prepared_with": command,
     }
     _atomic_write(out / "index.json", json.dumps(index).encode())
     return CacheReport(str(out), files_in, cached_files, len(skipped), len(clips), count, reused, skipped)
@@ -273,6 +350,14 @@ class CachedClipDataset(Dataset):
         self.skipped = index["skipped"]
         self.clips = [c for c in index["clips"] if split is None or c["record"].get("split") == split]
         self._records = [ClipRecord.from_dict(c["record"]) for c in self.clips]
+        self._sizes = {s["file"]: s.get("bytes") for s in index["shards"] if s.get("file")}
+        command = index.get("prepared_with")
+        self.fix = (f"run `{command}` again to decode it anew" if command else
+                    f"run `avfused prepare` again with the options that wrote this cache (--out {self.root}) "
+                    "to decode it anew")  # fmt: skip
+        if self.clips and "sha256" not in self.clips[0]:
+            log.warning("%s was prepared without checksums (an older avfused): corruption cannot be detected; "
+                        "prepare it again with --overwrite", self.root)  # fmt: skip
         self._handles: dict[str, object] = {}
 
     def __len__(self) -> int:
@@ -287,15 +372,33 @@ class CachedClipDataset(Dataset):
         if name not in self._handles:
             path = self.root / "shards" / name
             if not path.is_file():
-                raise CacheError(path, "shard listed in index.json is missing")
-            self._handles[name] = safe_open(str(path), framework="pt")
+                raise CacheError(path, f"shard listed in index.json is missing; {self.fix}")
+            expected = self._sizes.get(name)
+            if expected is not None and path.stat().st_size != expected:
+                raise CacheError(
+                    path, f"has {path.stat().st_size} bytes, {expected} were written (truncated or altered); {self.fix}"
+                )
+            try:
+                self._handles[name] = safe_open(str(path), framework="pt")
+            except Exception as exc:  # safetensors raises its own error type for a damaged file
+                raise CacheError(path, f"cannot be read ({exc}); {self.fix}") from None
         return self._handles[name]
 
     def __getitem__(self, index: int) -> dict:
         clip = self.clips[index]
         shard = self._shard(clip["shard"])
-        video = shard.get_slice("video")[clip["row"]].float().div_(255.0)
-        audio = shard.get_slice("audio")[clip["row"]].float()
+        try:
+            video = shard.get_slice("video")[clip["row"]]
+            audio = shard.get_slice("audio")[clip["row"]]
+        except Exception as exc:
+            raise CacheError(self.root / "shards" / clip["shard"], f"cannot be read ({exc}); {self.fix}") from None
+        if "sha256" in clip and _row_digest(video.numpy(), audio.numpy()) != clip["sha256"]:
+            raise CacheError(
+                self.root / "shards" / clip["shard"],
+                f"row {clip['row']} does not match its checksum (corrupted or altered); {self.fix}",
+            )
+        video = video.float().div_(255.0)
+        audio = audio.float()
         if self.audio_dtype == "int16":
             audio = audio.div_(32767.0)
         return clip_item(self._records[index], video, audio, clip["start"], self.spec.seconds)

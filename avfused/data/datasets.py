@@ -31,13 +31,10 @@ place of a clip.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,184 +42,30 @@ import torch
 from torch.utils.data import Dataset
 
 from avfused.data.decode import VIDEO_EXTENSIONS, ClipSpec, probe, read_clip, window_starts
-from avfused.errors import ConfigError, DataError, MediaNotFoundError, MetadataError
+from avfused.data.fakeavceleb import fakeavceleb_records
+from avfused.data.records import (  # noqa: F401  (ClipRecord, CATEGORIES, category_of: re-exported)
+    CATEGORIES,
+    ClipRecord,
+    Periods,
+    category_of,
+    identity_splits,
+    load_json,
+    require_dir,
+    require_file,
+)
+from avfused.errors import ConfigError, DataError, MetadataError
 
 log = logging.getLogger(__name__)
 
-CATEGORIES = ("RVRA", "RVFA", "FVRA", "FVFA")
-FAKEAVCELEB_COLUMNS = ("source", "target1", "target2", "method", "category", "type", "race", "gender", "path")
-_FAKEAVCELEB_LETTERS = {"A": "RVRA", "B": "RVFA", "C": "FVRA", "D": "FVFA"}
-Periods = tuple[tuple[float, float], ...]
-
-
-def category_of(visual: int, audio: int) -> str:
-    """RVRA / RVFA / FVRA / FVFA from the two modality labels (1 = fake)."""
-    return f"{'F' if visual == 1 else 'R'}V{'F' if audio == 1 else 'R'}A"
-
-
-@dataclass
-class ClipRecord:
-    """One video file of a dataset and its labels (1 fake, 0 real, -1 unknown).
-
-    visual_periods / audio_periods: the fake spans in seconds for temporally partial fakes (LAV-DF);
-    None means the label holds for the whole file.
-    """
-
-    path: str
-    label: int
-    visual_label: int
-    audio_label: int
-    category: str
-    method: str
-    identity: str
-    split: str | None = None
-    dataset: str = ""
-    visual_periods: Periods | None = None
-    audio_periods: Periods | None = None
-    extra: dict = field(default_factory=dict)
-
-    def labels_for_window(self, start: float, end: float) -> tuple[int, int, int]:
-        """(clip, visual, audio) labels of the window [start, end): partial fakes count only if a fake
-        period overlaps the window."""
-        if self.visual_periods is None and self.audio_periods is None:
-            return self.label, self.visual_label, self.audio_label
-        visual = _window_label(self.visual_label, self.visual_periods, start, end)
-        audio = _window_label(self.audio_label, self.audio_periods, start, end)
-        return int(visual == 1 or audio == 1), visual, audio
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ClipRecord:
-        data = dict(data)
-        for key in ("visual_periods", "audio_periods"):
-            if data.get(key) is not None:
-                data[key] = tuple(tuple(p) for p in data[key])
-        return cls(**data)
-
-
-def _window_label(label: int, periods: Periods | None, start: float, end: float) -> int:
-    if periods is None or label != 1:
-        return label
-    return int(any(a < end and b > start for a, b in periods))
-
-
-# ---------------------------------------------------------------------------------------------
-def _require_dir(root: str | os.PathLike) -> Path:
-    root = Path(root)
-    if not root.is_dir():
-        raise MediaNotFoundError(root, "dataset root folder does not exist")
-    return root
-
-
-def _require_file(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise MediaNotFoundError(path, f"{what} not found")
-    return path
-
-
-def _fakeavceleb_file(root: Path, directory: str, name: str) -> str:
-    """Resolve the CSV's directory (which usually starts with the dataset folder's own name)."""
-    parts = Path(directory.replace("\\", "/")).parts
-    candidates = [root.joinpath(*parts, name)]
-    if parts and parts[0] == root.name:
-        candidates.append(root.joinpath(*parts[1:], name))
-    candidates.append(root.parent.joinpath(*parts, name))
-    for candidate in candidates:
-        if candidate.exists():
-            return str(candidate)
-    return str(candidates[-2] if len(candidates) == 3 else candidates[0])
-
-
-def _fakeavceleb_labels(row: dict, where: str) -> tuple[int, int]:
-    kind = row["type"].replace(" ", "").lower()
-    if kind.count("video") == 1 and kind.count("audio") == 1:
-        return int(kind.startswith("fakevideo")), int("fakeaudio" in kind)
-    category = _FAKEAVCELEB_LETTERS.get(row["category"].strip().upper(), row["category"].strip().upper())
-    if category in CATEGORIES:
-        return int(category[0] == "F"), int(category[2] == "F")
-    raise MetadataError(where, f"type {row['type']!r} / category {row['category']!r} name no known category")
-
-
-def fakeavceleb_records(root: str | os.PathLike, metadata: str = "meta_data.csv") -> list[ClipRecord]:
-    """Records of FakeAVCeleb (and of ``avfused synth`` output, written in the same layout), one per file:
-    duplicate rows are resolved or dropped by the rule of ``avfused.protocols.fakeavceleb``, and logged."""
-    from avfused.protocols.fakeavceleb import resolve_duplicates
-
-    records, report = resolve_duplicates(fakeavceleb_rows(root, metadata))
-    for line in report:
-        log.warning("meta_data.csv: %s", line)
-    return records
-
-
-def fakeavceleb_rows(root: str | os.PathLike, metadata: str = "meta_data.csv") -> list[ClipRecord]:
-    """One record per row of FakeAVCeleb's metadata CSV, duplicates included (see fakeavceleb_records)."""
-    root = _require_dir(root)
-    csv_path = _require_file(root / metadata, "FakeAVCeleb metadata CSV")
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        raise MetadataError(csv_path, "the metadata CSV is empty (expected a header row)")
-    header = [h.strip() for h in rows[0]]
-    missing = [c for c in FAKEAVCELEB_COLUMNS if c not in header]
-    if missing:
-        raise MetadataError(csv_path, f"missing column(s) {missing}; expected {list(FAKEAVCELEB_COLUMNS)} + directory")
-    unnamed = [i for i, h in enumerate(header) if h == "" or h.lower().startswith("unnamed")]
-    if not unnamed:
-        raise MetadataError(csv_path, "no unnamed trailing column holding the directory of each file")
-    column = {name: header.index(name) for name in FAKEAVCELEB_COLUMNS}
-    directory = unnamed[-1]
-    splits = _identity_splits(root / "splits.json")
-    families = _load_json(root / "methods.json") if (root / "methods.json").is_file() else {}
-    records = []
-    for number, values in enumerate(rows[1:], start=2):
-        if not any(v.strip() for v in values):
-            continue
-        if len(values) <= max(directory, *column.values()):
-            raise MetadataError(csv_path, f"row {number} has {len(values)} fields, expected {len(header)}")
-        row = {name: values[i].strip() for name, i in column.items()}
-        visual, audio = _fakeavceleb_labels(row, f"{csv_path} row {number}")
-        folder = values[directory].strip()
-        extra = {k: row[k] for k in ("target1", "target2", "race", "gender")}
-        if f"{folder}/{row['path']}" in families:
-            extra["family"] = families[f"{folder}/{row['path']}"]
-        records.append(
-            ClipRecord(
-                path=_fakeavceleb_file(root, folder, row["path"]),
-                label=int(visual or audio),
-                visual_label=visual,
-                audio_label=audio,
-                category=category_of(visual, audio),
-                method=row["method"] or "unknown",
-                identity=row["source"],
-                dataset="fakeavceleb",
-                split=splits.get(row["source"]),
-                extra=extra,
-            )
-        )
-    return records
-
-
-def _identity_splits(path: Path) -> dict[str, str]:
-    """Optional identity -> split map beside the CSV (``avfused synth`` writes one)."""
-    if not path.exists():
-        return {}
-    data = _load_json(path)
-    if not isinstance(data, dict) or not all(v in ("train", "val", "test") for v in data.values()):
-        raise MetadataError(path, "expected an object of identity -> 'train' | 'val' | 'test'")
-    return data
-
-
 def dfdc_records(root: str | os.PathLike) -> list[ClipRecord]:
     """Records of DFDC from every metadata.json under ``root``."""
-    root = _require_dir(root)
+    root = require_dir(root)
     files = sorted(root.rglob("metadata.json"))
     if not files:
         raise MetadataError(root, "no metadata.json found under the DFDC root")
     records = []
     for meta in files:
-        entries = _load_json(meta)
+        entries = load_json(meta)
         if not isinstance(entries, dict):
             raise MetadataError(meta, f"expected an object of file -> entry, got {type(entries).__name__}")
         for name, entry in sorted(entries.items()):
@@ -256,7 +99,7 @@ def _videos(folder: Path) -> list[Path]:
 
 def dftimit_records(root: str | os.PathLike) -> list[ClipRecord]:
     """Records of DeepfakeTIMIT (LQ and HQ fakes) and the VidTIMIT real videos beside them."""
-    root = _require_dir(root)
+    root = require_dir(root)
     trees: dict[str, Path] = {}
     for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
         for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
@@ -328,7 +171,7 @@ def _lavdf_entry(entry: object, root: Path, meta: Path, split_hint: str | None) 
 
 def lavdf_records(root: str | os.PathLike, metadata: str | None = None) -> list[ClipRecord]:
     """Records of LAV-DF or AV-Deepfake1M (metadata.json, or train/val/test_metadata.json)."""
-    root = _require_dir(root)
+    root = require_dir(root)
     files = (
         [root / metadata]
         if metadata
@@ -338,19 +181,12 @@ def lavdf_records(root: str | os.PathLike, metadata: str | None = None) -> list[
         raise MetadataError(root, "no metadata.json or *_metadata.json found")
     records = []
     for meta in files:
-        entries = _load_json(_require_file(meta, "LAV-DF / AV-Deepfake1M metadata"))
+        entries = load_json(require_file(meta, "LAV-DF / AV-Deepfake1M metadata"))
         if not isinstance(entries, list):
             raise MetadataError(meta, f"expected a list of entries, got {type(entries).__name__}")
         hint = meta.name[: -len("_metadata.json")] if meta.name.endswith("_metadata.json") else None
         records.extend(_lavdf_entry(e, root, meta, hint) for e in entries)
     return records
-
-
-def _load_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MetadataError(path, f"unreadable JSON ({exc})") from exc
 
 
 DATASETS: dict[str, Callable[..., list[ClipRecord]]] = {

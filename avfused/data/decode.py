@@ -29,6 +29,10 @@ window, which yields exactly one padded window). Each window is the Clip read_cl
 by default they come from one decoding pass over the file (avfused.data.windows: each frame decoded
 once), ``decode="seek"`` reads each on its own.
 
+Degenerate frames: a video whose frames are under MIN_FRAME_SIDE pixels on a side, or more than
+MAX_FRAME_ASPECT times longer than wide (or wide than long), raises DegenerateFrameError: its square
+crop would be a sliver (a 1x2000 video: one pixel), not a face.
+
 Bad input raises a named :mod:`avfused.errors` DataError with the path and the reason.
 """
 
@@ -57,6 +61,7 @@ from avfused.data.features import (
 )
 from avfused.errors import (
     ConfigError,
+    DegenerateFrameError,
     EmptyMediaError,
     MediaDecodeError,
     MediaNotFoundError,
@@ -69,6 +74,9 @@ PAD_MODES = ("hold", "loop")
 DECODE_MODES = ("stream", "seek")  # iter_windows: one pass over the file, or a seek per window
 # seek this far before a window so the audio packets interleaved just before the key frame are read too
 _SEEK_MARGIN_S = 0.5
+# frames this small or this elongated give no usable square crop (see the module docstring)
+MIN_FRAME_SIDE = 8
+MAX_FRAME_ASPECT = 4.0
 
 
 @dataclass(frozen=True)
@@ -252,7 +260,7 @@ def _audio_frame_array(frame: av.AudioFrame) -> np.ndarray:
 @dataclass
 class _Span:
     frame_times: list[float]
-    frames: list[av.VideoFrame]  # or anything with VideoFrame.to_ndarray(format=)
+    frames: list[av.VideoFrame]  # or anything with VideoFrame's width, height and to_ndarray(format=)
     audio: np.ndarray  # (C, N) at the native rate; sample 0 at the span start
     covered_until: float  # window-relative end of the decoded audio
     sample_rate: int
@@ -413,7 +421,18 @@ def _crop(images: np.ndarray, spec: ClipSpec) -> tuple[np.ndarray, FaceReport | 
     return FaceCropper(spec.faces, margin=spec.face_margin)(images, spec.image_size)
 
 
+def _check_frame_shape(width: int, height: int, path: object) -> None:
+    side, long = min(width, height), max(width, height)
+    if side < MIN_FRAME_SIDE or long > MAX_FRAME_ASPECT * side:
+        raise DegenerateFrameError(
+            path,
+            f"frames are {width}x{height}: a square crop would be {side}x{side} pixels of it; avfused needs at least "
+            f"{MIN_FRAME_SIDE} pixels a side and an aspect ratio up to {MAX_FRAME_ASPECT:g}:1",
+        )
+
+
 def _clip_from_span(span: _Span, start: float, spec: ClipSpec, path: object) -> Clip:
+    _check_frame_shape(span.frames[0].width, span.frames[0].height, path)
     picks, content, padded = _pick(span, start, spec)
     cache: dict[int, np.ndarray] = {}
     for index in picks:

@@ -62,6 +62,14 @@ class _Frame:
     def __init__(self, time: float, frame: av.VideoFrame) -> None:
         self.time, self.frame, self.rgb = time, frame, None
 
+    @property
+    def width(self) -> int:
+        return self.frame.width
+
+    @property
+    def height(self) -> int:
+        return self.frame.height
+
     def to_ndarray(self, format: str) -> np.ndarray:  # noqa: A002 -- av.VideoFrame's signature
         if format != "rgb24":
             return self.frame.to_ndarray(format=format)

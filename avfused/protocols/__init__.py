@@ -6,7 +6,7 @@ records_named(records, names, split_path) -> the records a split file's fold nam
 leading_silence_seconds(wave, sample_rate) / remove_silence_cue(wave, ...)
 """
 
-from avfused.protocols.fakeavceleb import (
+from avfused.data.fakeavceleb import (
     FAKEAVCELEB_TYPES,
     MetadataTable,
     read_fakeavceleb_metadata,

@@ -14,30 +14,35 @@ Protocols:
 Records are ``avfused.data.ClipRecord`` s (any dataset); file paths are written relative to the dataset
 root when one is given, so a split file works on every machine. A split file is JSON with the protocol,
 seed, the folds' file lists, and ``sha256``: the hash of the rest
-of the file's content, written into every result computed from it. ``load_split`` checks it.
+of the file's content, written into every result computed from it. ``load_split`` checks it, and the
+layout (a malformed file is a SplitFileError, never a KeyError).
+
+Leaks: ``split_leaks(parts)`` lists the files and identities that two of train / val / test share; a
+command refuses such a split (SplitLeakError) unless told to accept it, and then records what leaked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from avfused.errors import DataError, SplitNamesMissingError
-from avfused.protocols.fakeavceleb import type_code
+from avfused.data.fakeavceleb import type_code
+
+# SplitFileError lives in avfused.errors; importable from here as before
+from avfused.errors import SplitFileError, SplitLeakError, SplitNamesMissingError
+
+log = logging.getLogger("avfused")
 
 FORMAT = "avfused-split/1"
 PROTOCOLS = ("kfold", "70-30", "leave-one-type-out")
 LOTO_TYPES = ("RVFA", "FVRA-WL", "FVFA-WL", "FVFA-FS", "FVFA-GAN")
 REAL_TYPE = "RVRA"
-
-
-class SplitFileError(DataError):
-    """A split file is missing, malformed, or its content does not match its hash."""
 
 
 @dataclass
@@ -79,19 +84,67 @@ class SplitFile:
         raise KeyError(f"no fold {name!r}; folds are {[f['name'] for f in self.folds]}")
 
 
+def _check_layout(data: object, path: Path) -> None:
+    """The keys and types ``avfused splits`` writes; anything else names what is wrong."""
+    if not isinstance(data, dict):
+        raise SplitFileError(path, f"a split file is a JSON object, this one is a {type(data).__name__}")
+    if data.get("format") != FORMAT:
+        raise SplitFileError(path, f"not an {FORMAT} file (format={data.get('format')!r})")
+    types = {"protocol": str, "seed": int, "dataset": str, "folds": list, "sha256": str}
+    for key, kind in types.items():
+        if not isinstance(data.get(key), kind):
+            have = "missing" if key not in data else f"a {type(data[key]).__name__}"
+            raise SplitFileError(path, f"{key!r} must be a {kind.__name__}, it is {have}; regenerate the file")
+    for i, fold in enumerate(data["folds"]):
+        ok = isinstance(fold, dict) and isinstance(fold.get("name"), str)
+        for key in ("train", "test"):
+            ok = ok and isinstance(fold.get(key), list) and all(isinstance(n, str) for n in fold[key])
+        if not ok:
+            raise SplitFileError(path, f"fold {i} is not {{'name': str, 'train': [paths], 'test': [paths]}}")
+
+
 def load_split(path: str | Path) -> SplitFile:
-    """Read a split file and verify its hash."""
+    """Read a split file and verify its layout and hash."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SplitFileError(path, f"cannot read split file: {exc}") from exc
-    if data.get("format") != FORMAT:
-        raise SplitFileError(path, f"not an {FORMAT} file (format={data.get('format')!r})")
+    _check_layout(data, path)
     split = SplitFile(data["protocol"], data["seed"], data["dataset"], data["folds"], data.get("unused", 0))
     if split.sha256 != data.get("sha256"):
         raise SplitFileError(path, "content does not match its sha256: the file was edited; regenerate it")
     return split
+
+
+def split_leaks(parts: dict[str, list]) -> dict:
+    """What two of the parts (e.g. train / val / test records) share: {"files": [...], "identities": [...]}
+    (empty lists when they are disjoint). Files are compared by path, identities by name."""
+    files: dict[str, set[str]] = {}
+    identities: dict[str, set[str]] = {}
+    for name, records in parts.items():
+        for record in records:
+            files.setdefault(Path(record.path).as_posix(), set()).add(name)
+            identities.setdefault(record.identity, set()).add(name)
+    return {
+        "files": sorted(f for f, names in files.items() if len(names) > 1),
+        "identities": sorted(i for i, names in identities.items() if len(names) > 1),
+    }
+
+
+def check_leaks(parts: dict[str, list], source: object, allow: bool, option: str = "--allow-split-leak") -> dict:
+    """Raise SplitLeakError when the parts share files or identities, unless ``allow`` (then log a warning);
+    returns split_leaks(parts)."""
+    leaks = split_leaks(parts)
+    if not (leaks["files"] or leaks["identities"]):
+        return leaks
+    shared = [f"{len(leaks[k])} {k} (e.g. {leaks[k][0]})" for k in ("files", "identities") if leaks[k]]
+    what = f"{' and '.join(parts)} share {' and '.join(shared)}"
+    if not allow:
+        raise SplitLeakError(source, f"{what}: test scores would measure memory; fix the split, or {option} "
+                             "accepts it (recorded in the results)")  # fmt: skip
+    log.warning("%s: %s; accepted (%s), recorded in the results", source, what, option)
+    return leaks
 
 
 def _deal_identities(records: list, groups: int, seed: int) -> list[set[str]]:

@@ -1,4 +1,4 @@
-"""Training augmentations of DESIGN.md section 1, applied per clip with a generator of its own.
+"""Training augmentations of docs/design.md, section 1, applied per clip with a generator of its own.
 
     jpeg(video (T, 3, H, W) in [0, 1], quality)      every frame JPEG-encoded and decoded (OpenCV)
     time_stretch(audio (S,), rate)                    resampled by linear interpolation to S * rate

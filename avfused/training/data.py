@@ -31,11 +31,9 @@ from avfused.data.decode import ClipSpec
 from avfused.data.features import fit_length
 from avfused.errors import ConfigError, SplitMismatchError
 from avfused.protocols import load_split, records_named, remove_silence_cue
-from avfused.protocols.splits import relative_path
+from avfused.protocols.splits import check_leaks, relative_path, split_leaks
 
 log = logging.getLogger("avfused")
-
-META_KEYS = ("category", "method", "identity", "path", "start")
 
 
 # a split file's fold names train and test files; validation is carved from the fold's train identities
@@ -50,6 +48,8 @@ class DataSource:
     Without ``split_file``: identity ``fractions`` drawn with ``split_seed`` (a record's own split is
     respected). With one: fold ``fold`` of that ``avfused splits`` file, whose ``split_sha256`` is
     recorded so a checkpoint names the exact split it was trained on (see FOLD_VAL_FRACTIONS).
+    Train, val and test must share no file and no identity, else ``split`` raises SplitLeakError
+    unless ``allow_split_leak`` (recorded with the rest; ``leaks()`` lists what they share).
     """
 
     path: str
@@ -59,17 +59,35 @@ class DataSource:
     split_file: str | None = None
     split_sha256: str | None = None
     fold: str | None = None
+    allow_split_leak: bool = False
 
     @property
     def is_cache(self) -> bool:
         """True when ``path`` is a cache written by ``avfused prepare``."""
         return (Path(self.path) / "index.json").is_file()
 
+    def all_records(self) -> list[ClipRecord]:
+        """Every record of the dataset (of a cache: one per clip it holds)."""
+        if self.is_cache:
+            from avfused.data.cache import CachedClipDataset
+
+            return [ClipRecord.from_dict(c["record"]) for c in CachedClipDataset(self.path).clips]
+        return load_records(self.dataset, self.path)
+
     def records(self) -> dict[str, list[ClipRecord]]:
         """{'train', 'val', 'test'} -> records of the dataset (see ``split``)."""
-        return self.split(load_records(self.dataset, self.path))
+        return self.split(self.all_records())
+
+    def leaks(self) -> dict:
+        """The files and identities train, val and test share (see avfused.protocols.splits.split_leaks)."""
+        return split_leaks(self._parts(self.all_records()))
 
     def split(self, records: Sequence[ClipRecord]) -> dict[str, list[ClipRecord]]:
+        parts = self._parts(records)
+        check_leaks(parts, self.split_file or self.path, self.allow_split_leak)
+        return parts
+
+    def _parts(self, records: Sequence[ClipRecord]) -> dict[str, list[ClipRecord]]:
         if self.split_file is None:
             return split_by_identity(records, self.fractions, self.split_seed, respect_given=True)
         fold = self.load_fold()
@@ -102,7 +120,12 @@ class DataSource:
 
 
 def fold_source(
-    path: str, dataset: str, split_seed: int, split_file: str | Path, fold: str | None = None
+    path: str,
+    dataset: str,
+    split_seed: int,
+    split_file: str | Path,
+    fold: str | None = None,
+    allow_split_leak: bool = False,
 ) -> DataSource:
     """A DataSource on ``fold`` (a name or index; default: the first) of ``split_file``, its sha256 recorded."""
     split = load_split(split_file)
@@ -111,9 +134,9 @@ def fold_source(
     except (KeyError, IndexError):
         names = [f["name"] for f in split.folds]
         raise ConfigError(f"{split_file} has no fold {fold!r}; its folds are {names}") from None
-    return DataSource(
-        path, dataset, split_seed, split_file=str(Path(split_file).resolve()), split_sha256=split.sha256, fold=name
-    )
+    resolved = str(Path(split_file).resolve())
+    return DataSource(path, dataset, split_seed, split_file=resolved, split_sha256=split.sha256, fold=name,
+                      allow_split_leak=allow_split_leak)  # fmt: skip
 
 
 def select_records(records: Sequence[ClipRecord], methods: Sequence[str] | None) -> list[ClipRecord]:

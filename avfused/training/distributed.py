@@ -51,9 +51,12 @@ class Context:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
-        if use_cuda and not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} was asked for but CUDA is not available here")
+        if device in (None, "auto"):
+            use_cuda = torch.cuda.is_available()
+        else:
+            from avfused.evaluate import resolve_device  # a named error for a missing GPU or a wrong name
+
+            use_cuda = resolve_device(device).type == "cuda"
         if use_cuda:
             torch.cuda.set_device(local)
             dev = torch.device("cuda", local)
@@ -77,6 +80,14 @@ class Context:
         values = values.detach().clone().to(self.device)
         dist.all_reduce(values)
         return values / self.world_size
+
+    def any_true(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any rank (itself when single-process)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():

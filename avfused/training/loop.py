@@ -9,11 +9,21 @@ AugmentedDataset (augmentation seeded per clip). Files written to ``out_dir``:
     best.safetensors  the epoch with the best validation clip AUC, then ACC (the lowest training loss
                       without a val set)
     metrics.csv / metrics.json   one row per epoch: losses, learning rate, throughput, val metrics
+A folder that already holds a run is refused unless the run resumes from its own checkpoint or
+``overwrite`` is set (which deletes the old run's files first).
 
 Exact resume: a checkpoint stores the weights, the optimizer's and scheduler's state, the RNG states
 and the data position (epoch, global batches done); the data order is a permutation drawn from
 (seed, epoch) and each clip's augmentation from (seed, epoch, index), so the resumed run draws the
 same batches and the same random numbers as the uninterrupted one.
+
+Interruptions: every file is written atomically (the old complete version or the new one), at an epoch's
+end in the order best, last, logs, so no file names an epoch the checkpoints do not hold; a resume
+rewrites the logs from the checkpoint and deletes the temporaries of a killed run. Ctrl-C finishes the
+step (and an epoch's end) before saving 'last' (avfused.training.interrupt), so a checkpoint never holds
+half a step (e.g. the batch-norm statistics of a forward pass without its update); a second Ctrl-C stops
+at once and keeps the last saved checkpoint. A killed run (SIGKILL, power loss) resumes from the last
+checkpoint written and ends with the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -31,26 +41,28 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from avfused.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from avfused.checkpoint import atomic_write_bytes, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from avfused.config import ModelConfig
 from avfused.data.datasets import collate_clips
-from avfused.errors import CheckpointError, ConfigError
+from avfused.errors import CheckpointError, ConfigError, OutputExistsError, OutputWriteError
 from avfused.evaluate import HEADS, autocast, predict, report
 from avfused.metrics import json_safe
 from avfused.model import SingleStreamNet
 from avfused.training.augment import AugmentConfig, AugmentedDataset
 from avfused.training.distributed import Context, EpochSampler, convert_batchnorm, unwrap
+from avfused.training.interrupt import deferred_interrupts
 from avfused.training.losses import PARTS, LossWeights, detection_loss
 from avfused.training.schedule import make_scheduler
 
 log = logging.getLogger("avfused")
 
 LAST, BEST = "last.safetensors", "best.safetensors"
+RUN_FILES = (LAST, BEST, "metrics.csv", "metrics.json")  # what a run writes into its folder
 
 
 @dataclass
 class TrainConfig:
-    """The recipe (DESIGN.md section 1) and the run's bookkeeping."""
+    """The recipe (docs/design.md, section 1) and the run's bookkeeping."""
 
     epochs: int = 10
     batch_size: int = 16  # global: split evenly over the processes
@@ -83,6 +95,27 @@ class TrainConfig:
         augment = data.pop("augment", {})
         augment = {k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()}
         return cls(**data, augment=AugmentConfig(**augment))
+
+
+def claim_run_folder(out_dir: str | Path, resume: str | Path | None = None, overwrite: bool = False) -> None:
+    """Refuse to write over another run's files in ``out_dir`` unless ``resume`` is a checkpoint in it or
+    ``overwrite`` (which deletes them); delete the temporaries a killed run left there."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        remove_stale_temporaries(out_dir)
+    existing = [name for name in RUN_FILES if (out_dir / name).exists()]
+    own = resume is not None and Path(resume).resolve().parent == out_dir.resolve()
+    if not existing or own:
+        return
+    if not overwrite:
+        raise OutputExistsError(
+            out_dir,
+            f"already holds a run ({', '.join(existing)}); --resume continues it, --overwrite replaces it "
+            "(Trainer(overwrite=True)), or choose another --out",
+        )
+    log.warning("overwriting the run in %s: deleting %s", out_dir, ", ".join(existing))
+    for name in existing:
+        (out_dir / name).unlink()
 
 
 def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -135,11 +168,13 @@ class Trainer:
         backend: str = "auto",
         context: Context | None = None,
         data_info: dict | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.model_config, self.config = model_config, train_config
         self.out_dir = Path(out_dir)
         self.context = context or Context()
         self.data_info = data_info or {}
+        self.overwrite = overwrite
         c, ctx = train_config, self.context
         if c.batch_size % ctx.world_size:
             raise ConfigError(f"--batch-size {c.batch_size} must divide by the number of processes {ctx.world_size}")
@@ -181,8 +216,7 @@ class Trainer:
         self.epoch_sums: dict[str, float] = {}
         self.history: list[dict] = []
         self.best: dict = {}
-        self._rng_before_step: tuple[dict, dict] | None = None  # for a consistent save on Ctrl-C
-        self._updating = False  # True between optimizer.step and the step counter's increment
+        self._busy = False  # True inside a step or an epoch's end: the state there is not a resume point
 
     # ---- state -------------------------------------------------------------------------------
     def _state(self, rng: dict) -> dict:
@@ -207,14 +241,20 @@ class Trainer:
         if not self.context.is_main:
             return
         rng_state, rng_tensors = rng or _rng_state()
-        save_checkpoint(
-            self.out_dir / name,
-            self.model_config,
-            unwrap(self.model).state_dict(),
-            self.optimizer.state_dict(),
-            json_safe(self._state(rng_state)),
-            rng_tensors,
-        )
+        try:
+            save_checkpoint(
+                self.out_dir / name,
+                self.model_config,
+                unwrap(self.model).state_dict(),
+                self.optimizer.state_dict(),
+                json_safe(self._state(rng_state)),
+                rng_tensors,
+            )
+        except OutputWriteError as exc:
+            raise OutputWriteError(
+                exc.path, f"{exc.reason}; training stopped at step {self.step}: make room, then continue with "
+                f"--resume (from {self.out_dir / LAST} as last written)"
+            ) from exc
 
     def load(self, path: str | Path) -> None:
         """Continue from a checkpoint written by ``save`` (same model config and recipe)."""
@@ -235,6 +275,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.epoch_sums, self.history, self.best = state["epoch_sums"], state["history"], state["best"]
         _set_rng_state(state.get("rng", {}), checkpoint.extra)
+        self._write_logs()  # a run killed between its checkpoint and its logs: the logs follow the checkpoint
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
     # ---- training ------------------------------------------------------------------------------
@@ -270,7 +311,6 @@ class Trainer:
         loss.backward()
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self._updating = True
         self.optimizer.step()
         self.scheduler.step()
         correct = (output.clip.detach().argmax(1) == labels).float().mean()
@@ -310,10 +350,11 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch = 0
         self.epoch_sums = {}
-        self._write_logs()
-        self.save(LAST)
+        # best first: killed before 'last', the resumed run redoes this epoch and writes the same best
         if is_best:
             self.save(BEST)
+        self.save(LAST)
+        self._write_logs()  # last: no log names an epoch the checkpoints do not hold
         if self.context.is_main:
             shown = {k: row[k] for k in ("loss", "clip_acc", "val_clip_acc", "val_clip_auc") if row.get(k) is not None}
             log.info("epoch %d: %s", row["epoch"], "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
@@ -331,54 +372,85 @@ class Trainer:
         summary = {"history": self.history, "best": self.best, "total_steps": self.total_steps, "data": self.data_info}
         atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(summary, indent=2).encode())
 
+    def _claim_out_dir(self, resume: str | Path | None) -> None:
+        if self.context.is_main:
+            claim_run_folder(self.out_dir, resume, self.overwrite)
+
+    def _stop_requested(self, interrupts) -> bool:
+        """Whether any rank was asked to stop (every rank must stop at the same step)."""
+        if not self.context.distributed:
+            return interrupts.requested
+        return self.context.any_true(interrupts.requested)
+
+    def _stop_and_save(self) -> None:
+        log.warning("interrupted at step %d; wrote %s to resume from (--resume)", self.step, self.out_dir / LAST)
+        self.save(LAST)
+        raise KeyboardInterrupt
+
     def fit(self, resume: str | Path | None = None, stop_after: int | None = None) -> dict:
         """Train to the end (or until step ``stop_after``, saving 'last' there: a planned interruption)."""
+        self._claim_out_dir(resume)
         if resume is not None:
             self.load(resume)
         self.model.train()
+        with deferred_interrupts() as interrupts:
+            try:
+                return self._fit(stop_after, interrupts)
+            except KeyboardInterrupt:
+                if self._busy:  # a second Ctrl-C (or one where no handler could be set) inside a step
+                    log.warning("interrupted mid-step; %s keeps the last checkpoint written", self.out_dir / LAST)
+                elif not interrupts.requested:  # between steps: a consistent state, saved
+                    self._stop_and_save()
+                raise
+            except Exception:
+                # a data-loader worker that Ctrl-C stopped ends the loader with an error; the state is whole
+                if interrupts.requested and not self._busy:
+                    self._stop_and_save()
+                raise
+
+    def _fit(self, stop_after: int | None, interrupts) -> dict:
         c, ctx = self.config, self.context
-        try:
-            while self.step < self.total_steps:
-                start, clips = time.perf_counter(), 0
-                remaining = min(self.batches_per_epoch - self.batch_in_epoch, self.total_steps - self.step)
-                bar = tqdm(
-                    total=remaining,
-                    desc=f"epoch {self.epoch + 1}/{self.epochs}",
-                    unit="step",
-                    disable=not (c.progress and ctx.is_main),
-                    leave=False,
-                )
-                for batch in self._loader():
-                    self._rng_before_step = _rng_state()
-                    values = self._train_step(batch)
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    self._updating, self._rng_before_step = False, None
-                    clips += c.batch_size
-                    for key, value in values.items():
-                        self.epoch_sums[key] = self.epoch_sums.get(key, 0.0) + value
-                    self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0) + 1
-                    rate = clips / max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", clips_s=f"{rate:.1f}")
-                    bar.update()
-                    done = self.step >= self.total_steps or self.batch_in_epoch >= self.batches_per_epoch
-                    if done:
-                        break
-                    if stop_after is not None and self.step >= stop_after:
-                        bar.close()
-                        self.save(LAST)
-                        return {"stopped_at": self.step}
-                    if c.save_every and self.step % c.save_every == 0:
-                        self.save(LAST)
-                bar.close()
-                self._end_epoch(time.perf_counter() - start, clips)
-                if stop_after is not None and self.step >= stop_after and self.step < self.total_steps:
+        while self.step < self.total_steps:
+            start, clips = time.perf_counter(), 0
+            remaining = min(self.batches_per_epoch - self.batch_in_epoch, self.total_steps - self.step)
+            bar = tqdm(
+                total=remaining,
+                desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                unit="step",
+                disable=not (c.progress and ctx.is_main),
+                leave=False,
+            )
+            for batch in self._loader():
+                self._busy = True
+                values = self._train_step(batch)
+                self.step += 1
+                self.batch_in_epoch += 1
+                clips += c.batch_size
+                for key, value in values.items():
+                    self.epoch_sums[key] = self.epoch_sums.get(key, 0.0) + value
+                self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0) + 1
+                self._busy = False
+                rate = clips / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", clips_s=f"{rate:.1f}")
+                bar.update()
+                done = self.step >= self.total_steps or self.batch_in_epoch >= self.batches_per_epoch
+                if done:
+                    break
+                if self._stop_requested(interrupts):
+                    bar.close()
+                    self._stop_and_save()
+                if stop_after is not None and self.step >= stop_after:
+                    bar.close()
+                    self.save(LAST)
                     return {"stopped_at": self.step}
-        except KeyboardInterrupt:
-            if self._updating:  # the weights moved but the counters did not: not a resumable point
-                log.warning("interrupted inside an optimizer update; %s keeps the last saved step", LAST)
-            else:
-                log.warning("interrupted at step %d; writing %s to resume from", self.step, self.out_dir / LAST)
-                self.save(LAST, self._rng_before_step)
-            raise
+                if c.save_every and self.step % c.save_every == 0:
+                    self.save(LAST)
+            bar.close()
+            self._busy = True
+            self._end_epoch(time.perf_counter() - start, clips)
+            self._busy = False
+            if self.step < self.total_steps and self._stop_requested(interrupts):
+                self._stop_and_save()
+            if stop_after is not None and self.step >= stop_after and self.step < self.total_steps:
+                return {"stopped_at": self.step}
         return {"steps": self.step, "best": self.best, "history": self.history}

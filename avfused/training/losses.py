@@ -1,4 +1,4 @@
-"""The training loss of DESIGN.md section 1, from a ModelOutput and the labels.
+"""The training loss of docs/design.md, section 1, from a ModelOutput and the labels.
 
     loss = CE(clip) + CE(visual) + CE(audio)            label smoothing 0.1; the clip head learns the clip
                                                         label, the visual and audio heads their modality's

@@ -1,0 +1,119 @@
+"""What every op module (``avfused/ops/<op>.py``) shares: input checks with one wording, dtypes, the
+extension's status.
+
+Each op module builds its one validator from these checks, so its ``triton`` and ``ext`` wrappers refuse
+bad input with the same avfused.errors exception and message before any kernel runs. What differs between
+the backends is passed in: the dtypes each takes on each device, and where each can run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from avfused import _extension, reference
+from avfused.backends import interpreter_enabled, log_once
+from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
+
+Tensor = torch.Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The extension computes in float32: every float dtype comes in (cast) and goes back out as it came.
+EXT_DTYPES = {"cpu": FLOAT_DTYPES, "cuda": FLOAT_DTYPES}
+# Triton takes float32 everywhere and bfloat16 / float16 on CUDA (the interpreter has no low-precision
+# path worth testing).
+TRITON_DTYPES = {"cpu": (torch.float32,), "cuda": (torch.float32, torch.float16, torch.bfloat16)}
+
+# Loaded once, when the first op module is imported; plain globals keep the per-call checks traceable
+# by torch.compile.
+EXT_REASONS = {"cpu": _extension.cpu_unavailable_reason(), "cuda": _extension.cuda_unavailable_reason()}
+
+
+def _device_refusal(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run on ``device``, or None."""
+    if backend == "ext":
+        if device.type not in EXT_REASONS:
+            return f"the extension has no kernels for {device.type!r} tensors (only cpu and cuda)"
+        return EXT_REASONS[device.type]
+    if device.type == "cpu" and not interpreter_enabled():
+        return (
+            "triton kernels need CUDA tensors; CPU tensors run only under TRITON_INTERPRET=1 set before importing "
+            "triton (tests), or use backend='torch'"
+        )
+    if device.type not in ("cpu", "cuda"):
+        return "triton kernels run on CUDA tensors"
+    return None
+
+
+def check_tensors(op: str, backend: str, **tensors: Tensor) -> torch.device:
+    """All arguments are tensors on one device that ``backend`` ('triton' or 'ext') runs on, each with a
+    dtype it takes there; returns that device."""
+    names = list(tensors)
+    first = tensors[names[0]]
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise InputDtypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.device != first.device:
+            raise InputDeviceError(
+                f"{op}: all tensors must be on one device; {names[0]} is on {first.device} but {name} is on "
+                f"{tensor.device}"
+            )
+    device = first.device
+    refusal = _device_refusal(backend, device)
+    if refusal is not None:
+        raise InputDeviceError(f"{op}: the {backend} backend cannot run on {device}: {refusal}")
+    allowed = (EXT_DTYPES if backend == "ext" else TRITON_DTYPES)[device.type]
+    for name, tensor in tensors.items():
+        if tensor.dtype not in allowed:
+            names_allowed = ", ".join(str(d).replace("torch.", "") for d in allowed)
+            raise InputDtypeError(
+                f"{op}: {name} has dtype {tensor.dtype}; the {backend} backend takes {names_allowed} on {device.type}"
+            )
+    return device
+
+
+def check_rank(op: str, name: str, tensor: Tensor, rank: int, layout: str) -> None:
+    if tensor.dim() != rank:
+        raise InputRankError(f"{op}: {name} must be {layout} ({rank} dims), got shape {tuple(tensor.shape)}")
+
+
+def check_shape(op: str, name: str, tensor: Tensor, shapes: tuple | list, layout: str) -> None:
+    """``tensor`` has ``shapes`` (or one of a list of shapes); ``None`` accepts any size there."""
+    candidates = shapes if isinstance(shapes, list) else [shapes]
+    actual = tuple(tensor.shape)
+
+    def fits(shape: tuple) -> bool:
+        return len(actual) == len(shape) and all(w is None or w == g for w, g in zip(shape, actual, strict=True))
+
+    if not any(fits(shape) for shape in candidates):
+        wanted = " or ".join(str(tuple("*" if s is None else s for s in shape)) for shape in candidates)
+        raise InputShapeError(f"{op}: {name} must be {layout} = {wanted}, got {actual}")
+
+
+def check_non_empty(op: str, name: str, tensor: Tensor, layout: str, items: str) -> None:
+    """No zero-sized dimension; a zero first (batch) dimension is an EmptyBatchError."""
+    if tensor.shape[0] == 0:
+        raise EmptyBatchError(
+            f"{op}: {name} must be non-empty {layout}; it has zero {items}, shape {tuple(tensor.shape)}"
+        )
+    if tensor.numel() == 0:
+        raise InputShapeError(f"{op}: {name} must be non-empty {layout}, got shape {tuple(tensor.shape)}")
+
+
+def float32_contiguous(tensor: Tensor) -> Tensor:
+    """The float32 contiguous tensor the kernels read (differentiable; no copy when already so)."""
+    return tensor.to(torch.float32).contiguous()
+
+
+def autograd_records(*tensors: Tensor) -> bool:
+    """True when autograd will need a backward through these tensors."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def reference_on_gpu(op: str):
+    """The reference for an ext op, or a shape of it, that has no CUDA kernel, on CUDA tensors (logged once)."""
+    log_once(
+        ("missing", "cuda", op, "gpu"),
+        "avfused: backend 'cuda' has no GPU kernel for %s (or these sizes); using the torch reference on CUDA tensors",
+        op,
+    )
+    return getattr(reference, op)

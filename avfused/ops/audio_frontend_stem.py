@@ -1,0 +1,229 @@
+"""``audio_frontend_stem``: the audio front end + stem conv without storing the (B, F, S) band energies.
+
+    audio_frontend_stem(wave (B, S), low_hz (F,), band_hz (F,), stem_weight (C, F, 7), kernel_size=251,
+                        sample_rate=16000, min_low_hz=50, min_band_hz=50, preemphasis=0.97,
+                        log_eps=1e-6) -> (B, C, ceil(S / 4))
+
+The same function as ``avfused.reference.audio_frontend_stem``, in two backends:
+
+* ``triton`` -- the op ``avfused_triton::audio_frontend_stem`` (kernel: kernels/audio_frontend_stem.py);
+  its backward recomputes the band energies in chunks of time (a few MB each) with torch convolutions.
+* ``ext`` -- the op ``avfused_ext::audio_frontend_stem`` of the C++/CUDA extension
+  (csrc/audio_frontend_stem/); its backward recomputes them with ATen convolutions around one fused
+  elementwise kernel.
+
+Both take the normalised wave x, the filters h and the stem weight, and return the stem output and the
+per-filter means m (B, F). The cheap parts, pre-emphasis + instance norm (B, S) and the sinc filterbank
+(F, K), stay in torch so autograd covers them: in float64 for Triton (fp32 sin() of ~400 rad and the
+norm's cancellation would dominate the error), in float32 for the extension. Mean removal is applied
+analytically because the stem is linear: stem(a - m)[o] = stem(a)[o] - sum_{f, j valid at o} w[:, f, j] m_f.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from avfused import reference
+from avfused.errors import InputShapeError
+from avfused.ops._common import EXT_REASONS, check_non_empty, check_rank, check_shape, check_tensors, float32_contiguous
+
+Tensor = torch.Tensor
+OP = "audio_frontend_stem"
+EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
+STRIDE = reference.STEM_STRIDE
+TAPS = reference.STEM_KERNEL
+# elements of one (B, F, chunk) intermediate in Triton's chunked backward: 4M floats = 16 MB
+BACKWARD_CHUNK_ELEMENTS = 1 << 22
+
+
+def check_inputs(backend: str, wave: Tensor, low_hz: Tensor, band_hz: Tensor, stem_weight: Tensor,
+                 kernel_size: int) -> None:
+    """The op's one validator for both backends: named errors before any kernel runs."""
+    check_tensors(OP, backend, wave=wave, low_hz=low_hz, band_hz=band_hz, stem_weight=stem_weight)
+    check_rank(OP, "wave", wave, 2, "(B, S)")
+    check_non_empty(OP, "wave", wave, "(B, S)", "clips")
+    check_rank(OP, "low_hz", low_hz, 1, "(F,)")
+    filters = low_hz.shape[0]
+    check_shape(OP, "band_hz", band_hz, (filters,), "(F,)")
+    check_shape(OP, "stem_weight", stem_weight, (None, filters, TAPS), "(C, F, 7)")
+    if filters == 0 or stem_weight.shape[0] == 0:
+        raise InputShapeError(f"{OP}: empty input: {filters} filters, stem_weight {tuple(stem_weight.shape)}")
+    if kernel_size % 2 != 1 or kernel_size < 1:
+        raise InputShapeError(f"{OP}: kernel_size must be a positive odd number of taps, got {kernel_size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# triton
+# ---------------------------------------------------------------------------------------------
+def _valid_taps(samples: int, outputs: int, like: Tensor) -> Tensor:
+    """(7, O) float mask: stem tap j of output o reads position 4o + j - 3 inside [0, S)."""
+    starts = STRIDE * torch.arange(outputs, device=like.device) - TAPS // 2
+    positions = starts[None, :] + torch.arange(TAPS, device=like.device)[:, None]
+    return ((positions >= 0) & (positions < samples)).to(like.dtype)
+
+
+@torch.library.custom_op("avfused_triton::audio_frontend_stem", mutates_args=())
+def triton_forward(x: Tensor, filters: Tensor, stem_weight: Tensor, log_eps: float) -> tuple[Tensor, Tensor]:
+    """x (B, S), filters (F, K), stem_weight (C, F, 7), all float32 contiguous -> (out (B, C, O), mean (B, F))."""
+    from avfused.kernels.audio_frontend_stem import launch_forward
+
+    samples = x.shape[1]
+    same, nxt, sums = launch_forward(x, filters, stem_weight, log_eps)
+    mean = sums.sum(dim=1) / samples
+    out = same.clone()
+    out[:, :, 1:] += nxt[:, :, :-1]
+    mean_taps = torch.einsum("bf,cfj->bcj", mean, stem_weight)
+    out -= torch.einsum("bcj,jo->bco", mean_taps, _valid_taps(samples, out.shape[2], out))
+    return out, mean
+
+
+@triton_forward.register_fake
+def _(x: Tensor, filters: Tensor, stem_weight: Tensor, log_eps: float) -> tuple[Tensor, Tensor]:
+    batch, samples = x.shape
+    outputs = -(-samples // STRIDE)
+    return x.new_empty(batch, stem_weight.shape[0], outputs), x.new_empty(batch, filters.shape[0])
+
+
+@torch.library.custom_op("avfused_triton::audio_frontend_stem_backward", mutates_args=())
+def triton_backward(
+    grad: Tensor, x: Tensor, filters: Tensor, stem_weight: Tensor, mean: Tensor, log_eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dx, dfilters, dstem_weight) of triton_forward's first output, recomputing in time chunks."""
+    batch, samples = x.shape
+    num_filters, taps = filters.shape
+    half = taps // 2
+    outputs = grad.shape[2]
+    per_output_tap = torch.einsum("bco,jo->bcj", grad, _valid_taps(samples, outputs, grad))
+    # dL/dm (B, F): the mean is subtracted at every valid tap; spread back as -dL/dm / S over [0, S)
+    mean_grad = torch.einsum("cfj,bcj->bf", stem_weight, per_output_tap)
+    d_weight = -torch.einsum("bf,bcj->cfj", mean, per_output_tap)
+    d_filters = torch.zeros_like(filters)
+    # positions -3 - half .. 4 O - 1 + half, so every chunk window is a plain slice
+    x_padded = F.pad(x, (half + TAPS // 2, STRIDE * outputs - samples + half))
+    dx_padded = torch.zeros_like(x_padded)
+    kernel = filters[:, None, :]
+    chunk = max(1, BACKWARD_CHUNK_ELEMENTS // (STRIDE * batch * num_filters))
+    for o0 in range(0, outputs, chunk):
+        o1 = min(outputs, o0 + chunk)
+        first = STRIDE * o0 - TAPS // 2  # first position the stem reads for outputs o0..o1-1
+        span = STRIDE * (o1 - o0) + TAPS - STRIDE
+        window = x_padded[:, STRIDE * o0 : STRIDE * o0 + span + taps - 1]
+        y = F.conv1d(window[:, None, :], kernel)
+        positions = first + torch.arange(span, device=x.device)
+        inside = ((positions >= 0) & (positions < samples)).to(y.dtype)
+        bands = torch.log(y.abs() + log_eps) * inside
+        grad_chunk = grad[:, :, o0:o1]
+        d_weight += torch.nn.grad.conv1d_weight(bands, stem_weight.shape, grad_chunk, stride=STRIDE)
+        d_bands = F.conv_transpose1d(grad_chunk, stem_weight, stride=STRIDE)
+        owned = ((positions >= STRIDE * o0) & (positions < STRIDE * o1)).to(y.dtype)
+        d_bands = (d_bands - owned * mean_grad[:, :, None] / samples) * inside
+        d_y = d_bands * torch.sign(y) / (y.abs() + log_eps)
+        d_filters += torch.nn.grad.conv1d_weight(window[:, None, :], kernel.shape, d_y)[:, 0]
+        dx_padded[:, STRIDE * o0 : STRIDE * o0 + span + taps - 1] += F.conv_transpose1d(d_y, kernel)[:, 0]
+    dx = dx_padded[:, half + TAPS // 2 : half + TAPS // 2 + samples].contiguous()
+    return dx, d_filters.contiguous(), d_weight.contiguous()  # strides as the fake promises
+
+
+@triton_backward.register_fake
+def _(grad, x, filters, stem_weight, mean, log_eps):
+    return x.new_empty(x.shape), filters.new_empty(filters.shape), stem_weight.new_empty(stem_weight.shape)
+
+
+def _triton_setup_context(ctx, inputs, output) -> None:
+    x, filters, stem_weight, log_eps = inputs
+    _, mean = output
+    ctx.save_for_backward(x, filters, stem_weight, mean)
+    ctx.log_eps = log_eps
+    ctx.mark_non_differentiable(mean)
+
+
+def _triton_autograd(ctx, grad_out: Tensor, grad_mean: Tensor | None):
+    x, filters, stem_weight, mean = ctx.saved_tensors
+    dx, d_filters, d_weight = triton_backward(grad_out.contiguous(), x, filters, stem_weight, mean, ctx.log_eps)
+    return dx, d_filters, d_weight, None
+
+
+triton_forward.register_autograd(_triton_autograd, setup_context=_triton_setup_context)
+
+
+def triton(
+    wave: Tensor,
+    low_hz: Tensor,
+    band_hz: Tensor,
+    stem_weight: Tensor,
+    kernel_size: int = 251,
+    sample_rate: int = 16000,
+    min_low_hz: float = 50.0,
+    min_band_hz: float = 50.0,
+    preemphasis: float = 0.97,
+    log_eps: float = 1e-6,
+) -> Tensor:
+    """The Triton backend of the op: (B, S) -> (B, C, ceil(S/4)), in wave's dtype."""
+    check_inputs("triton", wave, low_hz, band_hz, stem_weight, kernel_size)
+    x = reference.preemphasis_and_norm(wave.double(), preemphasis)
+    filters = reference.sinc_filterbank(
+        low_hz.double(), band_hz.double(), kernel_size, sample_rate, min_low_hz, min_band_hz
+    )
+    out, _ = triton_forward(
+        float32_contiguous(x), float32_contiguous(filters), float32_contiguous(stem_weight), float(log_eps)
+    )
+    return out.to(wave.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# ext: the C++/CUDA extension
+# ---------------------------------------------------------------------------------------------
+def ext(
+    wave: Tensor,
+    low_hz: Tensor,
+    band_hz: Tensor,
+    stem_weight: Tensor,
+    kernel_size: int = 251,
+    sample_rate: int = 16000,
+    min_low_hz: float = 50.0,
+    min_band_hz: float = 50.0,
+    preemphasis: float = 0.97,
+    log_eps: float = 1e-6,
+) -> Tensor:
+    """The extension backend of the op: (B, S) -> (B, C, ceil(S/4)), in wave's dtype (computed in float32)."""
+    check_inputs("ext", wave, low_hz, band_hz, stem_weight, kernel_size)
+    x = reference.preemphasis_and_norm(wave.float(), preemphasis)
+    filters = reference.sinc_filterbank(
+        low_hz.float(), band_hz.float(), kernel_size, sample_rate, min_low_hz, min_band_hz
+    )
+    out, _ = torch.ops.avfused_ext.audio_frontend_stem(x, filters, stem_weight.float(), float(log_eps))
+    return out.to(wave.dtype)
+
+
+def _register_ext() -> None:
+    """Fakes and autograd of the extension's ops (their schemas and kernels come from csrc/)."""
+
+    @torch.library.register_fake("avfused_ext::audio_frontend_stem")
+    def _(x, filters, stem_weight, log_eps):
+        batch, samples = x.shape
+        outputs = (samples + STRIDE - 1) // STRIDE
+        return x.new_empty((batch, stem_weight.shape[0], outputs)), x.new_empty((batch, filters.shape[0]))
+
+    @torch.library.register_fake("avfused_ext::audio_frontend_stem_backward")
+    def _(grad_out, x, filters, stem_weight, band_mean, log_eps):
+        return x.new_empty(x.shape), filters.new_empty(filters.shape), stem_weight.new_empty(stem_weight.shape)
+
+    def setup_context(ctx, inputs, output):
+        x, filters, stem_weight, log_eps = inputs
+        ctx.save_for_backward(x, filters, stem_weight, output[1])
+        ctx.log_eps = log_eps
+
+    def backward(ctx, grad_out, _grad_band_mean):
+        # band_mean is an auxiliary output for the backward; gradients through it are not supported
+        x, filters, stem_weight, band_mean = ctx.saved_tensors
+        grads = torch.ops.avfused_ext.audio_frontend_stem_backward(
+            grad_out, x, filters, stem_weight, band_mean, ctx.log_eps
+        )
+        return (*grads, None)
+
+    torch.library.register_autograd("avfused_ext::audio_frontend_stem", backward, setup_context=setup_context)
+
+
+if EXT_REASONS["cpu"] is None:
+    _register_ext()

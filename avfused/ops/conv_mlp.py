@@ -1,0 +1,189 @@
+"""``conv_mlp``: 1x1 expand -> depthwise 3x3 -> ReLU -> 1x1 project, the VPM's MLP.
+
+    conv_mlp(x (N, C, H, W), w_in (E, C[, 1, 1]), b_in (E,), w_dw (E, 1, 3, 3), b_dw (E,),
+             w_out (C, E[, 1, 1]), b_out (C,)) -> (N, C, H, W)
+
+The same function as ``avfused.reference.conv_mlp``, in two backends, both on the op's flattened weights
+(w_in (E, C), w_dw (E, 9), w_out (C, E)), neither writing the (N, E, H, W) expansion to memory:
+
+* ``triton`` -- the op ``avfused_triton::conv_mlp``: the forward in one Triton kernel
+  (kernels/conv_mlp.py). Its backward recomputes the hidden layer in chunks of expanded channels with
+  torch convolutions, so at most (N, chunk, H, W) of the (N, E, H, W) tensor exists at once.
+* ``ext`` -- the op ``avfused_ext::conv_mlp``: a fused C++ forward for CPU inference (csrc/conv_mlp/).
+  As for large_kernel_attention, where autograd records the wrapper runs the reference, and CUDA
+  tensors run the reference (logged once).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from avfused import reference
+from avfused.errors import InputShapeError
+from avfused.ops._common import (
+    EXT_REASONS,
+    autograd_records,
+    check_non_empty,
+    check_rank,
+    check_shape,
+    check_tensors,
+    float32_contiguous,
+    reference_on_gpu,
+)
+
+Tensor = torch.Tensor
+OP = "conv_mlp"
+EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+TRITON_MAX_CHANNELS = 256  # the Triton kernel holds all channels of a pixel in registers
+# elements of one (N, chunk, H, W) hidden tensor in Triton's backward: 4M floats = 16 MB
+BACKWARD_CHUNK_ELEMENTS = 1 << 22
+
+
+def check_inputs(backend: str, x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out: Tensor,
+                 b_out: Tensor) -> None:
+    """The op's one validator for both backends: named errors before any kernel runs."""
+    check_tensors(OP, backend, x=x, w_in=w_in, b_in=b_in, w_dw=w_dw, b_dw=b_dw, w_out=w_out, b_out=b_out)
+    check_rank(OP, "x", x, 4, "(N, C, H, W)")
+    check_non_empty(OP, "x", x, "(N, C, H, W)", "images")
+    c = x.shape[1]
+    e = w_in.shape[0] if w_in.dim() in (2, 4) else -1
+    check_shape(OP, "w_in", w_in, [(e, c), (e, c, 1, 1)], "(E, C) or (E, C, 1, 1)")
+    if e == 0:
+        raise InputShapeError(f"{OP}: w_in has zero expanded channels, shape {tuple(w_in.shape)}")
+    check_shape(OP, "w_out", w_out, [(c, e), (c, e, 1, 1)], "(C, E) or (C, E, 1, 1)")
+    check_shape(OP, "w_dw", w_dw, (e, 1, 3, 3), "(E, 1, 3, 3)")
+    for name, bias, size, layout in (("b_in", b_in, e, "(E,)"), ("b_dw", b_dw, e, "(E,)"), ("b_out", b_out, c, "(C,)")):
+        check_shape(OP, name, bias, (size,), layout)
+
+
+def reference_flat(x, w_in, b_in, w_dw, b_dw, w_out, b_out):
+    """reference.conv_mlp on the op's flattened depthwise weight (w_dw (E, 9))."""
+    return reference.conv_mlp(x, w_in, b_in, w_dw.reshape(-1, 1, 3, 3), b_dw, w_out, b_out)
+
+
+def _flat_weights(x: Tensor, w_in: Tensor, w_dw: Tensor, w_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    c, e = x.shape[1], w_in.shape[0]
+    return w_in.reshape(e, c), w_dw.reshape(e, 9), w_out.reshape(c, e)
+
+
+# ---------------------------------------------------------------------------------------------
+# triton
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("avfused_triton::conv_mlp", mutates_args=())
+def triton_forward(
+    x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out: Tensor, b_out: Tensor
+) -> Tensor:
+    """x (N, C, H, W), w_in (E, C), w_dw (E, 9), w_out (C, E), biases; float32 contiguous."""
+    from avfused.kernels.conv_mlp import launch_forward
+
+    return launch_forward(x, w_in, b_in, w_dw, b_dw, w_out, b_out)
+
+
+@triton_forward.register_fake
+def _(x, w_in, b_in, w_dw, b_dw, w_out, b_out):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("avfused_triton::conv_mlp_backward", mutates_args=())
+def triton_backward(
+    grad: Tensor, x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of triton_forward for its seven inputs, in chunks of expanded channels."""
+    images, channels, height, width = x.shape
+    expanded = w_in.shape[0]
+    chunk = max(1, BACKWARD_CHUNK_ELEMENTS // (images * height * width))
+    dx = torch.zeros_like(x)
+    d_w_in, d_b_in = w_in.new_empty(w_in.shape), b_in.new_empty(b_in.shape)
+    d_w_dw, d_b_dw = w_dw.new_empty(w_dw.shape), b_dw.new_empty(b_dw.shape)
+    d_w_out = w_out.new_empty(w_out.shape)
+    for e0 in range(0, expanded, chunk):
+        part = slice(e0, min(expanded, e0 + chunk))
+        count = part.stop - part.start
+        depthwise = w_dw[part].reshape(count, 1, 3, 3)
+        hidden = F.conv2d(x, w_in[part, :, None, None], b_in[part])
+        pre = F.conv2d(hidden, depthwise, b_dw[part], padding=1, groups=count)
+        activated = pre.clamp_min(0)
+        d_w_out[:, part] = torch.einsum("nchw,nehw->ce", grad, activated)
+        d_pre = torch.einsum("ce,nchw->nehw", w_out[:, part], grad) * (pre > 0)
+        d_b_dw[part] = d_pre.sum(dim=(0, 2, 3))
+        d_w_dw[part] = torch.nn.grad.conv2d_weight(hidden, depthwise.shape, d_pre, padding=1, groups=count).reshape(
+            count, 9
+        )
+        d_hidden = torch.nn.grad.conv2d_input(hidden.shape, depthwise, d_pre, padding=1, groups=count)
+        d_b_in[part] = d_hidden.sum(dim=(0, 2, 3))
+        d_w_in[part] = torch.einsum("nehw,nchw->ec", d_hidden, x)
+        dx += torch.einsum("ec,nehw->nchw", w_in[part], d_hidden)
+    d_b_out = grad.sum(dim=(0, 2, 3))
+    # contiguous, as the fake implementation promises torch.compile
+    return tuple(g.contiguous() for g in (dx, d_w_in, d_b_in, d_w_dw, d_b_dw, d_w_out, d_b_out))
+
+
+@triton_backward.register_fake
+def _(grad, x, w_in, b_in, w_dw, b_dw, w_out):
+    return (
+        x.new_empty(x.shape), w_in.new_empty(w_in.shape), b_in.new_empty(b_in.shape), w_dw.new_empty(w_dw.shape),
+        b_dw.new_empty(b_dw.shape), w_out.new_empty(w_out.shape), grad.new_empty(grad.shape[1]),
+    )  # fmt: skip
+
+
+def _triton_setup_context(ctx, inputs, output) -> None:
+    x, w_in, b_in, w_dw, b_dw, w_out, _ = inputs
+    ctx.save_for_backward(x, w_in, b_in, w_dw, b_dw, w_out)
+
+
+def _triton_autograd(ctx, grad: Tensor):
+    return triton_backward(grad.contiguous(), *ctx.saved_tensors)
+
+
+triton_forward.register_autograd(_triton_autograd, setup_context=_triton_setup_context)
+
+
+def triton(x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:
+    """The Triton backend of the op; returns x's dtype."""
+    check_inputs("triton", x, w_in, b_in, w_dw, b_dw, w_out, b_out)
+    if x.shape[1] > TRITON_MAX_CHANNELS:
+        raise InputShapeError(
+            f"{OP}: the triton kernel holds all channels of a pixel in registers; C <= {TRITON_MAX_CHANNELS}, "
+            f"got {x.shape[1]}"
+        )
+    w_in, w_dw, w_out = _flat_weights(x, w_in, w_dw, w_out)
+    out = triton_forward(*(float32_contiguous(t) for t in (x, w_in, b_in, w_dw, b_dw, w_out, b_out)))
+    return out.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# ext: the C++/CUDA extension
+# ---------------------------------------------------------------------------------------------
+def ext(x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:
+    """The extension backend of the op; returns x's dtype (computed in float32)."""
+    check_inputs("ext", x, w_in, b_in, w_dw, b_dw, w_out, b_out)
+    if x.device.type == "cuda":
+        return reference_on_gpu(OP)(x, w_in, b_in, w_dw, b_dw, w_out, b_out)
+    if autograd_records(x, w_in, b_in, w_dw, b_dw, w_out, b_out):  # as in large_kernel_attention
+        return reference.conv_mlp(x, w_in, b_in, w_dw, b_dw, w_out, b_out)
+    w_in, w_dw, w_out = _flat_weights(x, w_in, w_dw, w_out)
+    out = torch.ops.avfused_ext.conv_mlp(*(t.float() for t in (x, w_in, b_in, w_dw, b_dw, w_out, b_out)))
+    return out.to(x.dtype)
+
+
+def _register_ext() -> None:
+    """Fake and autograd of the extension's op (its schema and CPU kernel come from csrc/)."""
+
+    @torch.library.register_fake("avfused_ext::conv_mlp")
+    def _(x, w_in, b_in, w_dw, b_dw, w_out, b_out):
+        return x.new_empty(x.shape)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    # No C++ backward (the kernel targets CPU inference): the gradient recomputes through the reference.
+    def backward(ctx, grad_out):
+        _, vjp = torch.func.vjp(reference_flat, *ctx.saved_tensors)
+        return vjp(grad_out)
+
+    torch.library.register_autograd("avfused_ext::conv_mlp", backward, setup_context=setup_context)
+
+
+if EXT_REASONS["cpu"] is None:
+    _register_ext()

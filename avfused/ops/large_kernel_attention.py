@@ -1,0 +1,175 @@
+"""``large_kernel_attention``: p * (W1 @ dw7x7_dil3(dw5x5(p)) + b1), the VPM's gate.
+
+    large_kernel_attention(p (N, C, H, W), w5 (C, 1, 5, 5), b5 (C,), w7 (C, 1, 7, 7), b7 (C,),
+                           w1 (C, C[, 1, 1]), b1 (C,)) -> (N, C, H, W)
+
+The same function as ``avfused.reference.large_kernel_attention``, in two backends, both on the op's
+flattened weights (w5 (C, 25), w7 (C, 49), w1 (C, C)):
+
+* ``triton`` -- the op ``avfused_triton::large_kernel_attention``: the forward in two Triton kernels
+  (kernels/large_kernel_attention.py); it keeps only p for the backward (the reference keeps four
+  (N, C, H, W) tensors), and the backward op recomputes the two depthwise stages (the first with the
+  Triton kernel) and does the rest with torch convolutions.
+* ``ext`` -- the op ``avfused_ext::large_kernel_attention``: a fused C++ forward for CPU inference
+  (csrc/large_kernel_attention/; no (N, C, H, W) intermediate in memory). Its backward would recompute
+  through the reference, which measured slower than the reference alone (benchmarks/results), so where
+  autograd records (training) the wrapper runs the reference; the op's own autograd formula serves
+  direct callers of ``torch.ops.avfused_ext``. CUDA tensors run the reference (logged once): there is
+  no CUDA kernel yet.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from avfused import reference
+from avfused.errors import InputShapeError
+from avfused.ops._common import (
+    EXT_REASONS,
+    autograd_records,
+    check_non_empty,
+    check_rank,
+    check_shape,
+    check_tensors,
+    float32_contiguous,
+    reference_on_gpu,
+)
+
+Tensor = torch.Tensor
+OP = "large_kernel_attention"
+EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+TRITON_MAX_CHANNELS = 256  # the Triton kernel holds all channels of a pixel in registers
+
+
+def check_inputs(backend: str, p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor,
+                 b1: Tensor) -> None:
+    """The op's one validator for both backends: named errors before any kernel runs."""
+    check_tensors(OP, backend, p=p, w5=w5, b5=b5, w7=w7, b7=b7, w1=w1, b1=b1)
+    check_rank(OP, "p", p, 4, "(N, C, H, W)")
+    check_non_empty(OP, "p", p, "(N, C, H, W)", "images")
+    c = p.shape[1]
+    check_shape(OP, "w5", w5, (c, 1, 5, 5), "(C, 1, 5, 5)")
+    check_shape(OP, "w7", w7, (c, 1, 7, 7), "(C, 1, 7, 7)")
+    check_shape(OP, "w1", w1, [(c, c), (c, c, 1, 1)], "(C, C) or (C, C, 1, 1)")
+    for name, bias in (("b5", b5), ("b7", b7), ("b1", b1)):
+        check_shape(OP, name, bias, (c,), "(C,)")
+
+
+def reference_flat(p, w5, b5, w7, b7, w1, b1):
+    """reference.large_kernel_attention on the op's flattened weights (w5 (C, 25), w7 (C, 49))."""
+    c = p.shape[1]
+    return reference.large_kernel_attention(p, w5.reshape(c, 1, 5, 5), b5, w7.reshape(c, 1, 7, 7), b7, w1, b1)
+
+
+def _flat_weights(p: Tensor, w5: Tensor, w7: Tensor, w1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    c = p.shape[1]
+    return w5.reshape(c, 25), w7.reshape(c, 49), w1.reshape(c, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# triton
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("avfused_triton::large_kernel_attention", mutates_args=())
+def triton_forward(p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
+    """p (N, C, H, W), w5 (C, 25), w7 (C, 49), w1 (C, C), biases (C,); float32 contiguous."""
+    from avfused.kernels.large_kernel_attention import launch_forward
+
+    return launch_forward(p, w5, b5, w7, b7, w1, b1)
+
+
+@triton_forward.register_fake
+def _(p, w5, b5, w7, b7, w1, b1):
+    return p.new_empty(p.shape)
+
+
+@torch.library.custom_op("avfused_triton::large_kernel_attention_backward", mutates_args=())
+def triton_backward(
+    grad: Tensor, p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor, b1: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of triton_forward for its seven inputs."""
+    from avfused.kernels.large_kernel_attention import launch_depthwise5
+
+    channels = p.shape[1]
+    kernel5, kernel7 = w5.reshape(channels, 1, 5, 5), w7.reshape(channels, 1, 7, 7)
+    ctx1 = launch_depthwise5(p, w5, b5)
+    ctx2 = F.conv2d(ctx1, kernel7, b7, padding=9, dilation=3, groups=channels)
+    gate = torch.einsum("cd,ndhw->nchw", w1, ctx2) + b1[:, None, None]
+    dp = grad * gate
+    d_gate = grad * p
+    d_b1 = d_gate.sum(dim=(0, 2, 3))
+    d_w1 = torch.einsum("nchw,ndhw->cd", d_gate, ctx2)
+    d_ctx2 = torch.einsum("cd,nchw->ndhw", w1, d_gate)
+    d_b7 = d_ctx2.sum(dim=(0, 2, 3))
+    conv7 = dict(padding=9, dilation=3, groups=channels)
+    d_w7 = torch.nn.grad.conv2d_weight(ctx1, kernel7.shape, d_ctx2, **conv7).reshape(channels, 49)
+    d_ctx1 = torch.nn.grad.conv2d_input(ctx1.shape, kernel7, d_ctx2, **conv7)
+    d_b5 = d_ctx1.sum(dim=(0, 2, 3))
+    d_w5 = torch.nn.grad.conv2d_weight(p, kernel5.shape, d_ctx1, padding=2, groups=channels).reshape(channels, 25)
+    dp = dp + torch.nn.grad.conv2d_input(p.shape, kernel5, d_ctx1, padding=2, groups=channels)
+    # contiguous, as the fake implementation promises torch.compile
+    return tuple(g.contiguous() for g in (dp, d_w5, d_b5, d_w7, d_b7, d_w1, d_b1))
+
+
+@triton_backward.register_fake
+def _(grad, p, w5, b5, w7, b7, w1, b1):
+    return tuple(t.new_empty(t.shape) for t in (p, w5, b5, w7, b7, w1, b1))
+
+
+def _save_inputs(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _triton_autograd(ctx, grad: Tensor):
+    return triton_backward(grad.contiguous(), *ctx.saved_tensors)
+
+
+triton_forward.register_autograd(_triton_autograd, setup_context=_save_inputs)
+
+
+def triton(p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
+    """The Triton backend of the op; returns p's dtype."""
+    check_inputs("triton", p, w5, b5, w7, b7, w1, b1)
+    if p.shape[1] > TRITON_MAX_CHANNELS:
+        raise InputShapeError(
+            f"{OP}: the triton kernel holds all channels of a pixel in registers; C <= {TRITON_MAX_CHANNELS}, "
+            f"got {p.shape[1]}"
+        )
+    w5, w7, w1 = _flat_weights(p, w5, w7, w1)
+    out = triton_forward(*(float32_contiguous(t) for t in (p, w5, b5, w7, b7, w1, b1)))
+    return out.to(p.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# ext: the C++/CUDA extension
+# ---------------------------------------------------------------------------------------------
+def ext(p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
+    """The extension backend of the op; returns p's dtype (computed in float32)."""
+    check_inputs("ext", p, w5, b5, w7, b7, w1, b1)
+    if p.device.type == "cuda":
+        return reference_on_gpu(OP)(p, w5, b5, w7, b7, w1, b1)
+    if autograd_records(p, w5, b5, w7, b7, w1, b1):
+        # the backward recomputes through the reference anyway: the C++ forward would only add its time
+        return reference.large_kernel_attention(p, w5, b5, w7, b7, w1, b1)
+    w5, w7, w1 = _flat_weights(p, w5, w7, w1)
+    out = torch.ops.avfused_ext.large_kernel_attention(*(t.float() for t in (p, w5, b5, w7, b7, w1, b1)))
+    return out.to(p.dtype)
+
+
+def _register_ext() -> None:
+    """Fake and autograd of the extension's op (its schema and CPU kernel come from csrc/)."""
+
+    @torch.library.register_fake("avfused_ext::large_kernel_attention")
+    def _(p, w5, b5, w7, b7, w1, b1):
+        return p.new_empty(p.shape)
+
+    # No C++ backward (the kernel targets CPU inference): the gradient recomputes through the reference.
+    def backward(ctx, grad_out):
+        _, vjp = torch.func.vjp(reference_flat, *ctx.saved_tensors)
+        return vjp(grad_out)
+
+    torch.library.register_autograd("avfused_ext::large_kernel_attention", backward, setup_context=_save_inputs)
+
+
+if EXT_REASONS["cpu"] is None:
+    _register_ext()

@@ -1,0 +1,144 @@
+// Portable fixed-width SIMD helpers for the CPU kernels (GCC/Clang vector extensions).
+//
+// Vec<W>::f is W floats (Vec<W>::i the matching int32 lanes). Kernels are written once as
+// always-inline templates and instantiated in functions compiled for several instruction sets:
+// AVX-512 (W = 16) picked at run time where the CPU has it, else target clones for AVX2+FMA and
+// the x86-64 baseline (W = 8; GCC lowers it to one ymm or two xmm registers). Other architectures
+// get the plain build of the same source.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+namespace avfused::simd {
+
+template <int W>
+struct Vec {
+  typedef float f __attribute__((vector_size(W * 4)));
+  typedef int32_t i __attribute__((vector_size(W * 4)));
+};
+using vec8 = Vec<8>::f;
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define AVFUSED_X86_DISPATCH 1
+// Runtime dispatch between instruction sets; one binary stays valid on older CPUs.
+#define AVFUSED_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define AVFUSED_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2")))
+inline bool cpu_has_avx512() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"); }
+#else
+#define AVFUSED_X86_DISPATCH 0
+#define AVFUSED_TARGET_CLONES
+#define AVFUSED_TARGET_AVX512
+inline bool cpu_has_avx512() { return false; }
+#endif
+
+#define AVFUSED_INLINE inline __attribute__((always_inline))
+
+// The 16-lane (AVX-512) kernels where the CPU has them; AVFUSED_CPU_NO_AVX512=1 takes the 8-lane path
+// even there, so the tests cover both.
+inline bool use_wide_vectors() {
+  const char* no_avx512 = std::getenv("AVFUSED_CPU_NO_AVX512");
+  return cpu_has_avx512() && !(no_avx512 != nullptr && no_avx512[0] == '1');
+}
+
+template <class V>
+AVFUSED_INLINE V load(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(v));  // unaligned load
+  return v;
+}
+
+template <class V>
+AVFUSED_INLINE void store(float* p, V v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// Reinterpret the bits of one vector type as another of the same size (no aliasing UB).
+template <class To, class From>
+AVFUSED_INLINE To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast between different sizes");
+  To to;
+  std::memcpy(&to, &from, sizeof(to));
+  return to;
+}
+
+template <class V>
+AVFUSED_INLINE V splat(float s) {
+  return V{} + s;
+}
+
+AVFUSED_INLINE vec8 load8(const float* p) { return load<vec8>(p); }
+AVFUSED_INLINE void store8(float* p, vec8 v) { store(p, v); }
+AVFUSED_INLINE vec8 splat8(float s) { return splat<vec8>(s); }
+
+template <class V>
+AVFUSED_INLINE V abs(V v) {
+  using I = typename Vec<sizeof(V) / 4>::i;
+  const I bits = bit_cast<I>(v) & 0x7fffffff;  // clear the sign bit
+  return bit_cast<V>(bits);
+}
+
+// Natural log of W floats x > 0 (Cephes logf polynomial, relative error about 1e-7). NaN and +inf
+// pass through; the front end only calls it on |y| + eps >= eps.
+template <class V>
+AVFUSED_INLINE V fast_log(V x) {
+  using I = typename Vec<sizeof(V) / 4>::i;
+  const I bits = bit_cast<I>(x);
+  I exponent = ((bits >> 23) & 0xff) - 127;
+  const I mantissa_bits = (bits & 0x7fffff) | 0x3f800000;
+  V m = bit_cast<V>(mantissa_bits);  // m in [1, 2)
+  const I upper = m > 1.41421356f;                 // recentre on 1: m in [sqrt(1/2), sqrt(2))
+  m = upper ? m * 0.5f : m;
+  exponent -= upper;                                // the mask is -1 where true
+  const V z = m - 1.0f;
+  const V z2 = z * z;
+  V p = splat<V>(7.0376836292e-2f);
+  p = p * z - 1.1514610310e-1f;
+  p = p * z + 1.1676998740e-1f;
+  p = p * z - 1.2420140846e-1f;
+  p = p * z + 1.4249322787e-1f;
+  p = p * z - 1.6668057665e-1f;
+  p = p * z + 2.0000714765e-1f;
+  p = p * z - 2.4999993993e-1f;
+  p = p * z + 3.3333331174e-1f;
+  const V e = __builtin_convertvector(exponent, V);
+  V r = p * z * z2;
+  r += -2.12194440e-4f * e;  // ln 2 split in two for accuracy
+  r += -0.5f * z2;
+  r = z + r;
+  r += 0.693359375f * e;
+  const I finite = (x == x) & (x < 3.0e38f);
+  return finite ? r : x;
+}
+
+// e^x of W floats x <= 0 (Cephes expf polynomial, relative error about 2e-7); 0 below -87.
+template <class V>
+AVFUSED_INLINE V fast_exp_nonpositive(V x) {
+  using I = typename Vec<sizeof(V) / 4>::i;
+  const I tiny = x < -87.0f;
+  x = tiny ? splat<V>(-87.0f) : x;
+  const V scaled = x * 1.44269504088896341f + 0.5f;
+  I n_int = __builtin_convertvector(scaled, I);  // truncation toward zero ...
+  V n = __builtin_convertvector(n_int, V);
+  const I above = n > scaled;                    // ... made a floor
+  n_int += above;
+  n = above ? n - 1.0f : n;
+  V r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  const V r2 = r * r;
+  V p = splat<V>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const I scale_bits = (n_int + 127) << 23;
+  const V result = p * bit_cast<V>(scale_bits);
+  return tiny ? splat<V>(0.0f) : result;
+}
+
+AVFUSED_INLINE vec8 fast_exp8_nonpositive(vec8 x) { return fast_exp_nonpositive(x); }
+
+}  // namespace avfused::simd

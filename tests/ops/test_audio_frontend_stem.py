@@ -1,0 +1,296 @@
+"""audio_frontend_stem, every backend against the float64 reference: forward and the gradient of every input.
+
+Tolerances (avfused.testing): log(|y| + eps) is ill conditioned where a band response y crosses zero, so
+at the default log_eps = 1e-6 even PyTorch's own fp32 misses float64 by far more than 1e-4; there the
+rule is at most twice PyTorch's fp32 error. At log_eps = 1e-2 the problem is well conditioned and the
+kernels themselves are held to 1e-4. The Triton wrapper builds the sinc filters in float64, so the whole
+op meets 1e-4 there; the extension's wrapper builds them in float32 (as PyTorch does), so for it the
+1e-4 rule applies to the raw op on given filters and the whole op is held to twice PyTorch's fp32 error.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avfused import reference
+from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
+from avfused.ops import audio_frontend_stem
+from avfused.testing import (
+    assert_matches_reference,
+    assert_within_twice_torch,
+    check_against_reference,
+    check_low_precision,
+)
+from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON
+
+NAMES = ("wave", "low_hz", "band_hz", "stem_weight")
+ext_ops = torch.ops.avfused_ext
+
+
+def make_inputs(batch, samples, filters, channels, device="cpu"):
+    wave = torch.randn(batch, samples, device=device)
+    low_hz = torch.rand(filters, device=device) * 3000
+    band_hz = torch.rand(filters, device=device) * 1500
+    stem_weight = torch.randn(channels, filters, 7, device=device) / filters**0.5
+    return [wave, low_hz, band_hz, stem_weight]
+
+
+def mel_cutoffs(filters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's initial cut-offs, moved off the grid: realistic filters, fresh values."""
+    from avfused.nn.frontend import _mel_spaced_cutoffs
+
+    low, band = _mel_spaced_cutoffs(filters, 16000, 50.0, 50.0)
+    return low + torch.rand_like(low) * 5, band + torch.rand_like(band) * 5
+
+
+def kernel_core64(x, filters, weight, log_eps):
+    """The reference's conv -> |.| -> log -> mean removal -> stem, in float64 from given x and filters."""
+    x, filters, weight = x.double(), filters.double(), weight.double()
+    y = F.conv1d(x[:, None], filters[:, None], padding=filters.shape[1] // 2)
+    a = torch.log(y.abs() + log_eps)
+    a = a - a.mean(dim=2, keepdim=True)
+    return F.conv1d(a, weight, stride=reference.STEM_STRIDE, padding=reference.STEM_KERNEL // 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# every backend: the whole op
+# ---------------------------------------------------------------------------------------------
+# (batch, samples, filters, taps, channels): S % 4 != 0, several output tiles, several tap chunks,
+# two filter blocks, a clip shorter than the filter
+TRITON_CASES = [(1, 203, 8, 31, 5), (3, 150, 40, 71, 3), (2, 37, 6, 51, 4)]
+
+
+@pytest.fixture
+def small_triton_backward_chunks(monkeypatch):
+    """Force Triton's chunked backward to use many chunks, so chunk seams are tested."""
+    monkeypatch.setattr(audio_frontend_stem, "BACKWARD_CHUNK_ELEMENTS", 4 * 8 * 40 * 5)
+
+
+@pytest.mark.parametrize("case", TRITON_CASES)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_matches_float64_well_conditioned(target, case, small_triton_backward_chunks):
+    batch, samples, filters, taps, channels = case
+    inputs = make_inputs(batch, samples, filters, channels, target.device)
+    check_against_reference(target.op(audio_frontend_stem), reference.audio_frontend_stem, inputs, NAMES,
+                            kernel_size=taps, log_eps=1e-2)
+
+
+CASES_AT_DEFAULT_EPS = {  # the Triton interpreter is slow: small cases; the extension at a realistic size
+    "triton": TRITON_CASES[:2],
+    "ext": [(1, 3001, 24, 251, 8), (3, 3001, 24, 251, 8)],
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_matches_float64_at_default_log_eps(target):
+    """log(|y| + 1e-6) magnifies rounding near y = 0: at most twice PyTorch's own fp32 error."""
+    for batch, samples, filters, taps, channels in CASES_AT_DEFAULT_EPS[target.backend]:
+        inputs = make_inputs(batch, samples, filters, channels, target.device)
+        if target.backend == "ext":
+            inputs[1:3] = [t.to(target.device) for t in mel_cutoffs(filters)]
+        check_against_reference(target.op(audio_frontend_stem), reference.audio_frontend_stem, inputs, NAMES,
+                                conditioned_by_torch=True, kernel_size=taps)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_non_contiguous_inputs(target):
+    wave = torch.randn(90, 2).t()  # (2, 90), stride (1, 2)
+    low_hz = (torch.rand(2 * 6) * 3000)[::2]
+    band_hz = (torch.rand(2 * 6) * 1500)[::2]
+    stem_weight = torch.randn(6, 4, 7).transpose(0, 1)  # (4, 6, 7)
+    inputs = target.put([wave, low_hz, band_hz, stem_weight])
+    assert not inputs[0].is_contiguous() and not inputs[3].is_contiguous() and not inputs[1].is_contiguous()
+    check_against_reference(target.op(audio_frontend_stem), reference.audio_frontend_stem, inputs, NAMES,
+                            conditioned_by_torch=target.backend == "ext", kernel_size=21, log_eps=1e-2)
+
+
+@pytest.mark.parametrize("target", [TRITON, EXT_CPU])
+def test_bad_inputs_raise_named_errors(target):
+    wave, low_hz, band_hz, stem_weight = make_inputs(2, 64, 4, 3, target.device)
+    op = target.op(audio_frontend_stem)
+    with pytest.raises(InputDtypeError, match="int32"):
+        op(wave.to(torch.int32), low_hz, band_hz, stem_weight, kernel_size=11)
+    with pytest.raises(InputDeviceError, match="meta"):
+        op(wave, low_hz, band_hz, stem_weight.to("meta"), kernel_size=11)
+    with pytest.raises(InputDeviceError, match="meta"):
+        op(*(t.to("meta") for t in (wave, low_hz, band_hz, stem_weight)), kernel_size=11)
+    with pytest.raises(InputRankError, match=r"\(B, S\)"):
+        op(wave[0], low_hz, band_hz, stem_weight, kernel_size=11)
+    with pytest.raises(EmptyBatchError, match="non-empty"):
+        op(wave[:0], low_hz, band_hz, stem_weight, kernel_size=11)
+    with pytest.raises(InputShapeError, match="band_hz"):
+        op(wave, low_hz, band_hz[:3], stem_weight, kernel_size=11)
+    with pytest.raises(InputShapeError, match=r"\(C, F, 7\)"):
+        op(wave, low_hz, band_hz, stem_weight[:, :, :5], kernel_size=11)
+    with pytest.raises(InputShapeError, match="odd"):
+        op(wave, low_hz, band_hz, stem_weight, kernel_size=10)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_refuses_float64(target):
+    wave, low_hz, band_hz, stem_weight = make_inputs(2, 64, 4, 3, target.device)
+    with pytest.raises(InputDtypeError, match="float64"):
+        target.op(audio_frontend_stem)(wave.double(), low_hz, band_hz, stem_weight, kernel_size=11)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_computes_float64_in_float32_and_returns_float64(target):
+    inputs = make_inputs(2, 64, 4, 3)
+    kw = dict(kernel_size=11, log_eps=1e-2)
+    out = target.op(audio_frontend_stem)(*(t.double() for t in inputs), **kw)
+    assert out.dtype == torch.float64
+    ref = reference.audio_frontend_stem(*(t.double() for t in inputs), **kw)
+    assert_within_twice_torch(out, ref, reference.audio_frontend_stem(*inputs, **kw))
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_opcheck(target):
+    x = torch.randn(2, 45, device=target.device)
+    filters = torch.randn(6, 11, device=x.device)
+    stem_weight = torch.randn(3, 6, 7, device=x.device)
+    checks = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(audio_frontend_stem.triton_forward, (x, filters, stem_weight, 1e-2), test_utils=checks)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_triton_gpu_matches_float64(dtype):
+    inputs = make_inputs(2, 4003, 64, 32, device="cuda")
+    kwargs = dict(kernel_size=129, log_eps=1e-2)
+    if dtype == torch.float32:
+        check_against_reference(audio_frontend_stem.triton, reference.audio_frontend_stem, inputs, NAMES, **kwargs)
+    else:
+        check_low_precision(audio_frontend_stem.triton, reference.audio_frontend_stem, inputs, NAMES, dtype, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the extension's raw op (given x and filters): the 1e-4 rule at log_eps = 1e-2
+# ---------------------------------------------------------------------------------------------
+KERNEL_SHAPES = [  # (batch, samples, filters, taps, channels): odd lengths, batch 1 and 3
+    (1, 1001, 16, 51, 3),
+    (3, 777, 10, 101, 5),
+    (3, 2050, 8, 251, 8),
+    (1, 37, 5, 251, 2),  # clip shorter than the filter
+]
+
+
+def check_raw_op(shape, device):
+    batch, samples, filters, taps, channels = shape
+    low, band = mel_cutoffs(filters)
+    x = reference.preemphasis_and_norm(torch.randn(batch, samples)).to(device).requires_grad_()
+    h = reference.sinc_filterbank(low, band, taps).to(device).requires_grad_()
+    w = (torch.randn(channels, filters, 7) * 0.1).to(device).requires_grad_()
+    out, band_mean = ext_ops.audio_frontend_stem(x, h, w, 1e-2)
+    x64, h64, w64 = (t.detach().cpu().double().requires_grad_() for t in (x, h, w))
+    ref = kernel_core64(x64, h64, w64, 1e-2)
+    assert_matches_reference(out, ref, name="forward")
+    y64 = F.conv1d(x64[:, None].detach(), h64[:, None].detach(), padding=taps // 2)
+    assert_matches_reference(band_mean, torch.log(y64.abs() + 1e-2).mean(2), name="band_mean")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad.cpu().double())
+    for name, mine, theirs in (("x", x, x64), ("filters", h, h64), ("stem_weight", w, w64)):
+        assert_matches_reference(mine.grad, theirs.grad, name=f"grad {name}")
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("shape", KERNEL_SHAPES)
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_raw_op_matches_float64(target, shape, narrow, monkeypatch):
+    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
+        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+    check_raw_op(shape, target.device)
+
+
+@pytest.mark.parametrize("shape", KERNEL_SHAPES + [(2, 48000, 256, 251, 8)])
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_raw_op_matches_float64(target, shape):
+    check_raw_op(shape, target.device)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_raw_op_general_filters_match_float64(target):
+    """Filters that are not linear phase take the general (non-symmetric) path."""
+    x = torch.randn(2, 500)
+    h = torch.randn(6, 31) * 0.2
+    w = torch.randn(4, 6, 7)
+    assert_matches_reference(ext_ops.audio_frontend_stem(x, h, w, 1e-2)[0], kernel_core64(x, h, w, 1e-2))
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_raw_op_accepts_non_contiguous_inputs(target):
+    low, band = mel_cutoffs(12)
+    wave = torch.randn(1200, 2).t()  # (2, 1200), not contiguous
+    weight = torch.randn(12, 7, 5).permute(2, 0, 1)  # (5, 12, 7), not contiguous
+    x = reference.preemphasis_and_norm(wave)
+    h = reference.sinc_filterbank(torch.stack([low, low], 1)[:, 0], band)
+    x_nc, h_nc = x.t().contiguous().t(), h.t().contiguous().t()
+    assert not x_nc.is_contiguous() and not h_nc.is_contiguous() and not weight.is_contiguous()
+    out = ext_ops.audio_frontend_stem(x_nc, h_nc, weight, 1e-2)[0]
+    assert_matches_reference(out, kernel_core64(x, h, weight, 1e-2))
+    kw = dict(log_eps=1e-2)
+    ref = reference.audio_frontend_stem(wave.double(), low.double(), band.double(), weight.double(), **kw)
+    torch32 = reference.audio_frontend_stem(wave, low, band, weight, **kw)
+    assert_within_twice_torch(audio_frontend_stem.ext(wave, low, band, weight, **kw), ref, torch32, "op forward")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_matches_the_cpu_kernel(target):
+    low, band = mel_cutoffs(32)
+    x = reference.preemphasis_and_norm(torch.randn(3, 5003))
+    h = reference.sinc_filterbank(low, band)
+    w = torch.randn(8, 32, 7) * 0.1
+    gpu_out, gpu_mean = ext_ops.audio_frontend_stem(x.cuda(), h.cuda(), w.cuda(), 1e-2)
+    cpu_out, cpu_mean = ext_ops.audio_frontend_stem(x, h, w, 1e-2)
+    assert_matches_reference(gpu_out.cpu(), kernel_core64(x, h, w, 1e-2), name="forward")
+    assert_matches_reference(gpu_mean.cpu(), cpu_mean.double(), name="band_mean")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_low_precision(target, dtype):
+    low, band = mel_cutoffs(32)
+    wave, weight = torch.randn(2, 4001), torch.randn(8, 32, 7) * 0.1
+    kw = dict(log_eps=1e-2)
+    ref = reference.audio_frontend_stem(wave.double(), low.double(), band.double(), weight.double(), **kw)
+    args = [t.cuda().to(dtype) for t in (wave, low, band, weight)]
+    torch_low = reference.audio_frontend_stem(*args, **kw).cpu()
+    assert_matches_reference(audio_frontend_stem.ext(*args, **kw).cpu(), ref, torch_low)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
+def test_ext_opcheck(target):
+    low, band = mel_cutoffs(6)
+    x = reference.preemphasis_and_norm(torch.randn(2, 301)).to(target.device).requires_grad_()
+    h = reference.sinc_filterbank(low, band, 31).to(target.device).requires_grad_()
+    w = torch.randn(3, 6, 7, device=target.device, requires_grad=True)
+    torch.library.opcheck(ext_ops.audio_frontend_stem.default, (x, h, w, 1e-2))
+    torch.library.opcheck(ext_ops.audio_frontend_stem.default, (x.detach(), h.detach(), w.detach(), 1e-6))
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_raw_op_rejects_bad_inputs_with_runtime_errors(target):
+    """Called directly, the C++ checks answer with RuntimeError (TORCH_CHECK), not a crash."""
+    op = ext_ops.audio_frontend_stem
+    with pytest.raises(RuntimeError, match="float32"):
+        op(torch.randn(2, 100, dtype=torch.float64), torch.randn(4, 11), torch.randn(3, 4, 7), 1e-6)
+    with pytest.raises(RuntimeError, match="odd"):
+        op(torch.randn(2, 100), torch.randn(4, 10), torch.randn(3, 4, 7), 1e-6)
+    with pytest.raises(RuntimeError, match="stem_weight"):
+        op(torch.randn(2, 100), torch.randn(4, 11), torch.randn(3, 5, 7), 1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_compiled_fullgraph_matches_eager(target):
+    low, band = mel_cutoffs(6)
+    wave, weight = torch.randn(1, 400), torch.randn(3, 6, 7)
+
+    def fn(wave, low, band, weight):
+        return audio_frontend_stem.ext(wave, low, band, weight, kernel_size=31)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(wave, low, band, weight), fn(wave, low, band, weight))

@@ -1,0 +1,199 @@
+"""conv_mlp, every backend against the float64 reference: forward and every gradient.
+
+As for large_kernel_attention, the extension's kernel is a fused C++ forward for CPU inference: its
+gradients are checked on the raw op ``avfused_ext::conv_mlp``, whose autograd recomputes through the
+reference.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avfused import reference
+from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
+from avfused.ops import conv_mlp
+from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
+from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON
+
+NAMES = ("x", "w_in", "b_in", "w_dw", "b_dw", "w_out", "b_out")
+ext_ops = torch.ops.avfused_ext
+
+
+def make_inputs(images, channels, expanded, height, width, conv_1x1=False, device="cpu"):
+    w_in = torch.randn(expanded, channels, device=device) / channels**0.5
+    w_out = torch.randn(channels, expanded, device=device) / expanded**0.5
+    return [
+        torch.randn(images, channels, height, width, device=device),
+        w_in[:, :, None, None] if conv_1x1 else w_in,
+        0.1 * torch.randn(expanded, device=device),
+        torch.randn(expanded, 1, 3, 3, device=device) / 3,
+        0.1 * torch.randn(expanded, device=device),
+        w_out[:, :, None, None] if conv_1x1 else w_out,
+        0.1 * torch.randn(channels, device=device),
+    ]
+
+
+def raw_ext_op(x, w_in, b_in, w_dw, b_dw, w_out, b_out):
+    """The raw op (C++ forward, backward through the reference) on the module's weight shapes."""
+    c, e = x.shape[1], w_in.shape[0]
+    return ext_ops.conv_mlp(x, w_in.reshape(e, c), b_in, w_dw.reshape(e, 9), b_dw, w_out.reshape(c, e), b_out)
+
+
+def check(target, inputs):
+    """Triton: the wrapper, forward and gradients. ext: the wrapper's inference forward, then the raw op."""
+    fn = target.op(conv_mlp)
+    if target.backend == "triton":
+        check_against_reference(fn, reference.conv_mlp, inputs, NAMES)
+        return
+    with torch.no_grad():
+        out = fn(*inputs)
+    assert out.dtype == inputs[0].dtype
+    assert_matches_reference(out, reference.conv_mlp(*(t.double() for t in inputs)), name="forward")
+    if target.device == "cpu":
+        check_against_reference(raw_ext_op, reference.conv_mlp, inputs, NAMES)
+
+
+@pytest.fixture
+def small_triton_backward_chunks(monkeypatch):
+    """A few expanded channels per chunk of Triton's backward, so chunk seams are tested."""
+    monkeypatch.setattr(conv_mlp, "BACKWARD_CHUNK_ELEMENTS", 7 * 3 * 6 * 11)
+
+
+# (images, channels, expanded, height, width, 1x1 weights as convs): odd maps, E not a multiple of the
+# C++ channel group, one and three images
+SHAPES = [(1, 5, 20, 7, 9, False), (3, 8, 40, 6, 11, True)]
+EXT_SHAPES = SHAPES + [(1, 3, 12, 9, 13, False), (3, 5, 20, 1, 1, True), (3, 3, 7, 6, 11, False),
+                       (1, 16, 64, 7, 7, True), (2, 4, 16, 20, 40, False)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("target", TARGETS)
+def test_matches_float64(target, shape, small_triton_backward_chunks):
+    check(target, make_inputs(*shape, device=target.device))
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("shape", EXT_SHAPES)
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_cpu_paths_match_float64(target, shape, narrow, monkeypatch):
+    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
+        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+    check(target, make_inputs(*shape))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_non_contiguous_inputs(target):
+    inputs = make_inputs(2, 4, 16, 5, 7)
+    inputs[0] = inputs[0].to(memory_format=torch.channels_last)
+    inputs[1] = inputs[1].t().contiguous().t()
+    inputs = target.put(inputs)
+    assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous()
+    check(target, inputs)
+    inputs[0] = torch.randn(2, 8, 5, 7, device=target.device)[:, ::2]  # a channel slice
+    check(target, inputs)
+
+
+@pytest.mark.parametrize("target", [TRITON, EXT_CPU])
+def test_bad_inputs_raise_named_errors(target):
+    mlp = make_inputs(1, 4, 16, 5, 5, device=target.device)
+    op = target.op(conv_mlp)
+    with pytest.raises(InputRankError, match=r"\(N, C, H, W\)"):
+        op(mlp[0][0], *mlp[1:])
+    with pytest.raises(InputShapeError, match="w_in"):
+        op(mlp[0], mlp[1][:, :3], *mlp[2:])  # channel mismatch
+    with pytest.raises(InputShapeError, match="w_out"):
+        op(*mlp[:5], mlp[5][:, :15], mlp[6])
+    with pytest.raises(InputShapeError, match="x"):
+        op(mlp[0][:, :, :0], *mlp[1:])
+    with pytest.raises(InputDtypeError, match="int32"):
+        op(*mlp[:3], mlp[3].to(torch.int32), *mlp[4:])
+    with pytest.raises(InputDeviceError, match="meta"):
+        op(*(t.to("meta") for t in mlp))
+    with pytest.raises(InputDeviceError, match="meta"):
+        op(*mlp[:6], mlp[6].to("meta"))
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_refuses_float64(target):
+    mlp = make_inputs(1, 4, 16, 5, 5, device=target.device)
+    with pytest.raises(InputDtypeError, match="float64"):
+        target.op(conv_mlp)(mlp[0].double(), *mlp[1:])
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_float64_inputs_give_float64_outputs(target):
+    inputs = make_inputs(1, 3, 12, 6, 5)
+    out = target.op(conv_mlp)(*(t.double() for t in inputs))
+    assert out.dtype == torch.float64
+    assert_matches_reference(out.float(), reference.conv_mlp(*(t.double() for t in inputs)))
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_wrapper_runs_the_reference_where_autograd_records(target, monkeypatch):
+    """Training takes the reference (the op's backward would recompute through it anyway); inference the C++."""
+    calls = []
+    raw = ext_ops.conv_mlp
+    monkeypatch.setattr(ext_ops, "conv_mlp", lambda *args: calls.append(1) or raw(*args), raising=False)
+    inputs = make_inputs(1, 3, 12, 6, 5)
+    with torch.no_grad():
+        conv_mlp.ext(*inputs)
+    assert calls == [1]
+    inputs[1].requires_grad_()
+    conv_mlp.ext(*inputs)
+    assert calls == [1]
+
+
+def flat_args(target):
+    x, w_in, b_in, w_dw, b_dw, w_out, b_out = make_inputs(2, 3, 12, 4, 5, device=target.device)
+    return [x, w_in, b_in, w_dw.reshape(12, 9), b_dw, w_out, b_out]
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_opcheck(target):
+    checks = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(conv_mlp.triton_forward, flat_args(target), test_utils=checks)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_opcheck(target):
+    torch.library.opcheck(ext_ops.conv_mlp.default, [t.requires_grad_() for t in flat_args(target)])
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_raw_op_rejects_bad_inputs_with_runtime_errors(target):
+    """Called directly, the C++ checks answer with RuntimeError (TORCH_CHECK), not a crash."""
+    x, w_in, b_in, w_dw, b_dw, w_out, b_out = make_inputs(1, 3, 12, 4, 5)
+    with pytest.raises(RuntimeError, match="w_out"):
+        ext_ops.conv_mlp(x, w_in, b_in, w_dw.reshape(12, 9), b_dw, w_out[:, :5], b_out)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_compiled_fullgraph_matches_eager(target):
+    inputs = make_inputs(2, 4, 16, 6, 5)
+    compiled = torch.compile(conv_mlp.ext, fullgraph=True, backend="aot_eager")
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    eager_leaves = [t.clone().requires_grad_() for t in inputs]
+    got, want = compiled(*leaves), conv_mlp.ext(*eager_leaves)
+    torch.testing.assert_close(got, want)
+    got.square().sum().backward()
+    want.square().sum().backward()
+    for mine, theirs in zip(leaves, eager_leaves, strict=True):
+        torch.testing.assert_close(mine.grad, theirs.grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_triton_gpu_matches_float64(dtype):
+    for inputs in (make_inputs(20, 8, 32, 56, 56, device="cuda"), make_inputs(20, 64, 256, 7, 7, device="cuda")):
+        if dtype == torch.float32:
+            check_against_reference(conv_mlp.triton, reference.conv_mlp, inputs, NAMES)
+        else:
+            check_low_precision(conv_mlp.triton, reference.conv_mlp, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_tensors_run_the_reference(target):
+    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
+    inputs = make_inputs(2, 4, 16, 9, 13, device="cuda")
+    torch.testing.assert_close(conv_mlp.ext(*inputs), reference.conv_mlp(*inputs))

@@ -1,0 +1,195 @@
+"""large_kernel_attention, every backend against the float64 reference: forward and every gradient.
+
+The extension's kernel is a fused C++ forward for CPU inference: where autograd records, its wrapper
+runs the reference (the op's backward would recompute through it anyway), so its gradients are checked
+on the raw op ``avfused_ext::large_kernel_attention``, whose autograd recomputes through the reference.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avfused import reference
+from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
+from avfused.ops import large_kernel_attention
+from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
+from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON
+
+NAMES = ("p", "w5", "b5", "w7", "b7", "w1", "b1")
+ext_ops = torch.ops.avfused_ext
+
+
+def make_inputs(images, channels, height, width, conv_1x1=False, device="cpu"):
+    w1 = torch.randn(channels, channels, device=device) / channels**0.5
+    return [
+        torch.randn(images, channels, height, width, device=device),
+        torch.randn(channels, 1, 5, 5, device=device) / 5,
+        0.1 * torch.randn(channels, device=device),
+        torch.randn(channels, 1, 7, 7, device=device) / 7,
+        0.1 * torch.randn(channels, device=device),
+        w1[:, :, None, None] if conv_1x1 else w1,
+        0.1 * torch.randn(channels, device=device),
+    ]
+
+
+def raw_ext_op(p, w5, b5, w7, b7, w1, b1):
+    """The raw op (C++ forward, backward through the reference) on the module's weight shapes."""
+    c = p.shape[1]
+    return ext_ops.large_kernel_attention(p, w5.reshape(c, 25), b5, w7.reshape(c, 49), b7, w1.reshape(c, c), b1)
+
+
+def check(target, inputs):
+    """Triton: the wrapper, forward and gradients. ext: the wrapper's inference forward, then the raw op."""
+    fn = target.op(large_kernel_attention)
+    if target.backend == "triton":
+        check_against_reference(fn, reference.large_kernel_attention, inputs, NAMES)
+        return
+    with torch.no_grad():
+        out = fn(*inputs)
+    assert out.dtype == inputs[0].dtype
+    assert_matches_reference(out, reference.large_kernel_attention(*(t.double() for t in inputs)), name="forward")
+    if target.device == "cpu":
+        check_against_reference(raw_ext_op, reference.large_kernel_attention, inputs, NAMES)
+
+
+# (images, channels, height, width, 1x1 weight as a conv): odd maps, maps smaller than the 19x19 dilated
+# footprint and than one vector, C = 3, > 16 channels (two Triton blocks), one and three images
+SHAPES = [(1, 5, 7, 9, False), (3, 20, 6, 11, True)]
+EXT_SHAPES = SHAPES + [(1, 3, 9, 13, False), (3, 5, 1, 1, True), (3, 8, 17, 23, False), (1, 16, 7, 7, True),
+                       (2, 4, 20, 40, False)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("target", TARGETS)
+def test_matches_float64(target, shape):
+    check(target, make_inputs(*shape, device=target.device))
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("shape", EXT_SHAPES)
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_cpu_paths_match_float64(target, shape, narrow, monkeypatch):
+    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
+        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+    check(target, make_inputs(*shape))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_non_contiguous_inputs(target):
+    inputs = make_inputs(2, 6, 9, 8)
+    inputs[0] = inputs[0].to(memory_format=torch.channels_last)
+    inputs[5] = inputs[5].t()
+    inputs = target.put(inputs)
+    assert not inputs[0].is_contiguous() and not inputs[5].is_contiguous()
+    check(target, inputs)
+    inputs[0] = inputs[0].transpose(2, 3).contiguous().transpose(2, 3)  # a transposed view
+    check(target, inputs)
+
+
+@pytest.mark.parametrize("target", [TRITON, EXT_CPU])
+def test_bad_inputs_raise_named_errors(target):
+    lka = make_inputs(1, 4, 5, 5, device=target.device)
+    op = target.op(large_kernel_attention)
+    with pytest.raises(InputRankError, match=r"\(N, C, H, W\)"):
+        op(lka[0][0], *lka[1:])
+    with pytest.raises(InputShapeError, match="w5"):
+        op(lka[0][:, :3], *lka[1:])  # channel mismatch
+    with pytest.raises(InputShapeError, match="w7"):
+        op(*lka[:3], lka[3][:, :, :5, :5], *lka[4:])
+    with pytest.raises(InputDtypeError, match="int64"):
+        op(lka[0].long(), *lka[1:])
+    with pytest.raises(EmptyBatchError, match="non-empty"):
+        op(lka[0][:0], *lka[1:])
+    with pytest.raises(InputDeviceError, match="meta"):
+        op(*(t.to("meta") for t in lka))
+    with pytest.raises(InputDeviceError, match="one device"):
+        op(*lka[:6], lka[6].to("meta"))
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_refuses_float64(target):
+    lka = make_inputs(1, 4, 5, 5, device=target.device)
+    with pytest.raises(InputDtypeError, match="float64"):
+        target.op(large_kernel_attention)(lka[0].double(), *lka[1:])
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_float64_inputs_give_float64_outputs(target):
+    inputs = make_inputs(1, 3, 6, 5)
+    out = target.op(large_kernel_attention)(*(t.double() for t in inputs))
+    assert out.dtype == torch.float64
+    assert_matches_reference(out.float(), reference.large_kernel_attention(*(t.double() for t in inputs)))
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_wrapper_runs_the_reference_where_autograd_records(target, monkeypatch):
+    """Training takes the reference (the op's backward would recompute through it anyway); inference the C++."""
+    calls = []
+    raw = ext_ops.large_kernel_attention
+    monkeypatch.setattr(ext_ops, "large_kernel_attention", lambda *args: calls.append(1) or raw(*args), raising=False)
+    inputs = make_inputs(1, 3, 6, 5)
+    with torch.no_grad():
+        large_kernel_attention.ext(*inputs)
+    assert calls == [1]
+    inputs[0].requires_grad_()
+    large_kernel_attention.ext(*inputs)
+    assert calls == [1]
+
+
+def flat_args(target):
+    p, w5, b5, w7, b7, w1, b1 = make_inputs(2, 3, 5, 4, device=target.device)
+    return [p, w5.reshape(3, 25), b5, w7.reshape(3, 49), b7, w1, b1]
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_opcheck(target):
+    checks = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(large_kernel_attention.triton_forward, flat_args(target), test_utils=checks)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_opcheck(target):
+    torch.library.opcheck(ext_ops.large_kernel_attention.default, [t.requires_grad_() for t in flat_args(target)])
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_raw_op_rejects_bad_inputs_with_runtime_errors(target):
+    """Called directly, the C++ checks answer with RuntimeError (TORCH_CHECK), not a crash."""
+    p, w5, b5, w7, b7, w1, b1 = make_inputs(1, 3, 5, 4)
+    with pytest.raises(RuntimeError, match="w5"):
+        ext_ops.large_kernel_attention(p, w5, b5, w7.reshape(3, 49), b7, w1, b1)  # w5 not flattened
+    with pytest.raises(RuntimeError, match="float32"):
+        ext_ops.large_kernel_attention(p.double(), w5.reshape(3, 25), b5, w7.reshape(3, 49), b7, w1, b1)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_compiled_fullgraph_matches_eager(target):
+    inputs = make_inputs(2, 4, 6, 5)
+    compiled = torch.compile(large_kernel_attention.ext, fullgraph=True, backend="aot_eager")
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    eager_leaves = [t.clone().requires_grad_() for t in inputs]
+    got, want = compiled(*leaves), large_kernel_attention.ext(*eager_leaves)
+    torch.testing.assert_close(got, want)
+    got.square().sum().backward()
+    want.square().sum().backward()
+    for mine, theirs in zip(leaves, eager_leaves, strict=True):
+        torch.testing.assert_close(mine.grad, theirs.grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_triton_gpu_matches_float64(dtype):
+    for inputs in (make_inputs(20, 8, 56, 56, device="cuda"), make_inputs(20, 64, 7, 7, device="cuda")):
+        fn, reference_fn = large_kernel_attention.triton, reference.large_kernel_attention
+        if dtype == torch.float32:
+            check_against_reference(fn, reference_fn, inputs, NAMES)
+        else:
+            check_low_precision(fn, reference_fn, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_tensors_run_the_reference(target):
+    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
+    inputs = make_inputs(2, 4, 9, 13, device="cuda")
+    torch.testing.assert_close(large_kernel_attention.ext(*inputs), reference.large_kernel_attention(*inputs))
