@@ -9,6 +9,8 @@ File layout (``*.safetensors``):
               ``config``  the ModelConfig as JSON,
               ``state``   the training state as JSON (epoch, step, scheduler, data position, metrics ...),
               ``optimizer`` the optimizer's param_groups and non-tensor state as JSON,
+              ``calibration`` (optional) the decision thresholds chosen on the validation split, as JSON
+                          (avfused.calibration; absent in checkpoints written before it existed),
               ``sha256``  digest of the header (less this field) and of every tensor byte.
 
 Writing goes to a temporary file in the same folder, fsync, then ``os.replace``: a crash leaves either
@@ -49,6 +51,7 @@ class Checkpoint:
     state: dict = field(default_factory=dict)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     path: str = ""
+    calibration: dict | None = None
 
 
 # ---- optimizer state <-> flat tensors + JSON ------------------------------------------------
@@ -218,8 +221,10 @@ def save_checkpoint(
     optimizer_state: dict | None = None,
     state: dict | None = None,
     extra: dict[str, torch.Tensor] | None = None,
+    calibration: dict | None = None,
 ) -> None:
-    """Write a checkpoint atomically. ``state`` must be JSON-serialisable (plain numbers, strings, lists)."""
+    """Write a checkpoint atomically. ``state`` and ``calibration`` must be JSON-serialisable (plain numbers,
+    strings, lists)."""
     tensors = _cpu_tensors(_MODEL, model_state)
     metadata = {
         "format": FORMAT,
@@ -231,6 +236,8 @@ def save_checkpoint(
         optim_tensors, described = _split_optimizer(optimizer_state)
         tensors.update(_cpu_tensors("", optim_tensors))
         metadata["optimizer"] = json.dumps(described)
+    if calibration is not None:
+        metadata["calibration"] = json.dumps(calibration)
     tensors.update(_cpu_tensors(_EXTRA, extra or {}))
     first = save_tensors(tensors, metadata=metadata)
     header, data = _parse(first, path)
@@ -284,7 +291,8 @@ def checkpoint_from_bytes(blob: bytes, path: str | os.PathLike = "<bytes>") -> C
         optim_tensors = {k: v for k, v in tensors.items() if k.startswith(_OPTIM)}
         optimizer = _join_optimizer(optim_tensors, _metadata_json(metadata, "optimizer", path))
     state = _metadata_json(metadata, "state", path)
-    return Checkpoint(config, model, optimizer, state, extra, str(path))
+    calibration = _metadata_json(metadata, "calibration", path) if "calibration" in metadata else None
+    return Checkpoint(config, model, optimizer, state, extra, str(path), calibration)
 
 
 def load_model(path: str | os.PathLike, backend: str = "auto", device: str | torch.device = "cpu"):

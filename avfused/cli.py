@@ -8,7 +8,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("synth", "prepare", "splits", "train", "eval", "detect", "bench", "info")
+COMMANDS = ("synth", "prepare", "splits", "train", "eval", "detect", "export", "bench", "info")
 
 
 def _command_modules() -> dict:

@@ -104,6 +104,11 @@ class UnknownBackendError(AvfusedError, ValueError):
     """A backend name that avfused does not know."""
 
 
+# --- export --------------------------------------------------------------------------------
+class ExportError(AvfusedError, RuntimeError):
+    """An export cannot run (unknown format, missing exporter or runtime) or its file does not reproduce the model."""
+
+
 # --- data ----------------------------------------------------------------------------------
 class DataError(PathError):
     """Base class of errors about input files and datasets; always names the path."""

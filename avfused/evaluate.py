@@ -9,7 +9,9 @@
                                   "method": {name: {head: metrics}}} (``heads``: which; a baseline has
                                   only a "clip" score)
 
-Metrics (avfused.metrics): ACC at the fixed threshold 0.5 (never tuned on the test set), AUC, EER, AP.
+Metrics (avfused.metrics): ACC at the fixed threshold 0.5 (never tuned on the test set), AUC, EER, AP, and
+with ``calibrated`` thresholds (chosen on the validation split in training, avfused.calibration) ``acc_cal``,
+the ACC at each head's calibrated threshold.
 Each head is scored against its own label: the clip head against the clip label, the visual head against
 the visual label, the audio head against the audio label (rows with an unknown label, -1, are left out).
 A fake category or method is scored as its fakes together with all real videos, so AUC is defined for it;
@@ -217,35 +219,46 @@ def video_level(predictions: Predictions) -> Predictions:
     return out
 
 
-def _head_metrics(predictions: Predictions, head: str, threshold: float) -> dict:
+def _head_metrics(predictions: Predictions, head: str, threshold: float, calibrated: dict[str, float]) -> dict:
     labels = getattr(predictions, LABEL_OF_HEAD[head])
     known = labels >= 0
-    return metrics.summarize(labels[known], predictions.scores[head][known], threshold)
+    result = metrics.summarize(labels[known], predictions.scores[head][known], threshold)
+    if head in calibrated:
+        result["acc_cal"] = metrics.accuracy(labels[known], predictions.scores[head][known], calibrated[head])
+    return result
 
 
-def _group_report(predictions: Predictions, key: str, threshold: float, heads: Sequence[str]) -> dict:
+def _group_report(
+    predictions: Predictions, key: str, threshold: float, heads: Sequence[str], calibrated: dict[str, float]
+) -> dict:
     values = np.array(getattr(predictions, key), dtype=object)
     real = predictions.label == 0
     groups = {}
     for name in sorted(set(values[~real].tolist())):
         rows = np.nonzero(real | ((values == name) & ~real))[0]
-        groups[name] = {head: _head_metrics(predictions.subset(rows), head, threshold) for head in heads}
+        groups[name] = {head: _head_metrics(predictions.subset(rows), head, threshold, calibrated) for head in heads}
     if real.any():
         rows = np.nonzero(real)[0]
-        groups["real"] = {head: _head_metrics(predictions.subset(rows), head, threshold) for head in heads}
+        groups["real"] = {head: _head_metrics(predictions.subset(rows), head, threshold, calibrated) for head in heads}
     return groups
 
 
 def report(
-    predictions: Predictions, threshold: float = metrics.DEFAULT_THRESHOLD, heads: Sequence[str] = HEADS
+    predictions: Predictions,
+    threshold: float = metrics.DEFAULT_THRESHOLD,
+    heads: Sequence[str] = HEADS,
+    calibrated: dict[str, float] | None = None,
 ) -> dict:
-    """Metrics of each head overall, per category and per method (see the module docstring)."""
+    """Metrics of each head overall, per category and per method (see the module docstring); ``calibrated``:
+    {head: threshold} chosen on the validation split, for ``acc_cal`` beside the fixed threshold's ACC."""
+    calibrated = {head: t for head, t in (calibrated or {}).items() if head in heads}
     return {
         "threshold": threshold,
+        "calibrated_thresholds": calibrated or None,
         "videos": len(predictions),
-        "overall": {head: _head_metrics(predictions, head, threshold) for head in heads},
-        "category": _group_report(predictions, "category", threshold, heads),
-        "method": _group_report(predictions, "method", threshold, heads),
+        "overall": {head: _head_metrics(predictions, head, threshold, calibrated) for head in heads},
+        "category": _group_report(predictions, "category", threshold, heads, calibrated),
+        "method": _group_report(predictions, "method", threshold, heads, calibrated),
     }
 
 
@@ -264,15 +277,20 @@ def table_groups(result: dict) -> list[tuple[str, dict]]:
 
 
 def format_table(result: dict, heads: Sequence[str] = HEADS) -> str:
-    """A plain-text table: one row per (group, head), columns n / real / fake / ACC / AUC / EER / AP."""
-    columns = f"{'head':<7s} {'n':>6s} {'real':>6s} {'fake':>6s}   ACC     AUC     EER     AP"
+    """A plain-text table: one row per (group, head), columns n / real / fake / ACC@t / AUC / EER / AP, and
+    ACC@cal (ACC at the head's calibrated threshold) after ACC@t when the result has calibrated thresholds."""
+    calibrated = bool(result.get("calibrated_thresholds"))
+    names = ("acc", "acc_cal", "auc", "eer", "ap") if calibrated else METRIC_NAMES
+    titles = {"acc": f"ACC@{result.get('threshold', metrics.DEFAULT_THRESHOLD):g}", "acc_cal": "ACC@cal"}
+    metric_columns = " ".join(f"{titles.get(k, k.upper()):^7s}" for k in names)
+    columns = f"{'head':<7s} {'n':>6s} {'real':>6s} {'fake':>6s}  {metric_columns}"
     lines = [f"{'group':<{GROUP_WIDTH}s} {columns}"]
     lines.append("-" * len(lines[0]))
 
     for group, per_head in table_groups(result):
         for head in heads:
             m = per_head[head]
-            cells = " ".join(_cell(m[k]) for k in METRIC_NAMES)
+            cells = " ".join(f"{_cell(m.get(k)):^7s}" for k in names)
             counts = f"{m['n']:>6d} {m['real']:>6d} {m['fake']:>6d}"
             lines.append(f"{group[:GROUP_WIDTH]:<{GROUP_WIDTH}s} {head:<7s} {counts}  {cells}")
     return "\n".join(lines)

@@ -4,7 +4,8 @@
                                       "category": {name: {head: ...}}, "method": {name: {head: ...}}}
     format_mean_std_table(agg)    -> a table like avfused.evaluate.format_table, cells "mean±std"
 
-``results`` are avfused.evaluate.report dicts, one per fold (NaN or None where a metric is undefined).
+``results`` are avfused.evaluate.report dicts, one per fold (NaN or None where a metric is undefined); the
+ACC at the calibrated thresholds (``acc_cal``) is aggregated too where folds report it.
 A metric a fold lacks (one class in the group, or the group absent from the fold) is left out of that
 mean, and "folds" counts the folds that had it. std is the sample standard deviation (ddof=1: the folds
 are a sample of the possible splits); NaN with fewer than two folds.
@@ -29,11 +30,18 @@ def _stats(values: Sequence[float | None]) -> dict:
     }
 
 
+def _metric_names(groups: Sequence[dict]) -> tuple[str, ...]:
+    """METRIC_NAMES, with acc_cal after acc when any of ``groups`` ({head: metrics}) reports it."""
+    calibrated = any("acc_cal" in metrics for group in groups for metrics in group.values())
+    return ("acc", "acc_cal", *METRIC_NAMES[1:]) if calibrated else METRIC_NAMES
+
+
 def _group(per_fold: Sequence[dict | None]) -> dict:
     """One group's {head: metrics} of every fold (None where a fold lacks the group) -> {head: {metric: stats}}."""
     present = [group for group in per_fold if group is not None]
     heads = list(dict.fromkeys(head for group in present for head in group))
-    return {head: {m: _stats([g[head][m] for g in present if head in g]) for m in METRIC_NAMES} for head in heads}
+    names = _metric_names(present)
+    return {head: {m: _stats([g[head].get(m) for g in present if head in g]) for m in names} for head in heads}
 
 
 def aggregate_folds(results: Sequence[dict]) -> dict:
@@ -55,14 +63,15 @@ def _cell(stats: dict) -> str:
 
 
 def format_mean_std_table(aggregate: dict) -> str:
-    """One row per (group, head): the number of folds, then ACC / AUC / EER / AP as mean±std."""
-    metric_columns = " ".join(f"{m.upper():^13s}" for m in METRIC_NAMES)
+    """One row per (group, head): the number of folds, then ACC (ACC@cal) / AUC / EER / AP as mean±std."""
+    names = _metric_names([aggregate["overall"]])
+    metric_columns = " ".join(f"{m.upper().replace('_CAL', '@CAL'):^13s}" for m in names)
     header = f"{'group':<{GROUP_WIDTH}s} {'head':<7s} {'folds':>5s} {metric_columns}"
     lines = [header, "-" * len(header)]
 
     for group, per_head in table_groups(aggregate):
         for head, stats in per_head.items():
             folds = max(s["folds"] for s in stats.values())
-            cells = " ".join(_cell(stats[m]) for m in METRIC_NAMES)
+            cells = " ".join(_cell(stats.get(m, _stats([]))) for m in names)
             lines.append(f"{group[:GROUP_WIDTH]:<{GROUP_WIDTH}s} {head:<7s} {folds:>5d} {cells}")
     return "\n".join(lines)

@@ -6,10 +6,14 @@ model(video (B, T, 3, H, W) in [0, 1], audio (B, S) 16 kHz mono) -> ModelOutput 
 ``style_audio`` (the adversarial statistics probes) are filled too; in eval they are None.
 Floating-point inputs of another dtype are cast to the model's; video far outside [0, 1] is refused
 (avfused.inputs.prepare_model_inputs).
+
+ModelOutput is a registered pytree (a dataclass whose None fields drop out), so ``torch.export.export``
+and ``torch.compile`` take the model as it is; ``avfused.export`` writes deployable files.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +25,7 @@ from avfused.inputs import prepare_model_inputs
 from avfused.nn.block import CAVLBlock
 from avfused.nn.classifier import ClassificationModule
 from avfused.nn.frontend import AudioStem
-from avfused.nn.style import StatisticsProbe, swap_statistics
+from avfused.nn.style import StatisticsProbe, derangement_partner, random_statistics_swap
 
 FAKE = 1
 
@@ -52,6 +56,9 @@ class ModelOutput:
             return torch.softmax(logits.float(), dim=-1)[:, FAKE]
 
         return FakeProbabilities(fake(self.clip), fake(self.visual), fake(self.audio))
+
+
+torch.export.register_dataclass(ModelOutput, serialized_type_name="avfused.model.ModelOutput")
 
 
 class VideoStem(nn.Module):
@@ -152,11 +159,14 @@ class SingleStreamNet(nn.Module):
     @backend.setter
     def backend(self, name: str) -> None:
         """Set the backend of every hot module (a forced backend is checked when a call runs)."""
-        from avfused.backends import check_name, unavailable_reason
+        from avfused.backends import FUSED_OPS, check_name, op_module, unavailable_reason
 
         self._backend = check_name(name)
         if name != "auto":
-            unavailable_reason(name)  # imports the backend now, so a later torch.compile need not
+            unavailable_reason(name)
+        if name != "torch":  # import the ops' modules now: an import inside a compiled forward breaks the graph
+            for op in FUSED_OPS:
+                op_module(op)
         for module in self.modules():
             if module is not self and hasattr(module, "backend"):
                 module.backend = name
@@ -179,11 +189,9 @@ class SingleStreamNet(nn.Module):
         style_visual = style_audio = None
         if training and c.style_heads:
             style_visual, style_audio = self.style_visual(video), self.style_audio(audio)
-        if training and c.feature_swap and batch > 1 and torch.rand(()) < c.feature_swap_prob:
-            partner = torch.randperm(batch, device=video.device)
-            weight = torch.distributions.Beta(c.feature_swap_alpha, c.feature_swap_alpha).sample((batch,))
-            weight = weight.to(video.device)
-            video, audio = swap_statistics(video, partner, weight), swap_statistics(audio, partner, weight)
+        # batch > 1 is a shape, not a random number: no data-dependent branch, so compile traces training
+        if training and c.feature_swap and batch > 1:
+            video, audio = random_statistics_swap(video, audio, c.feature_swap_prob, c.feature_swap_alpha)
         f_v, f_a = self.classifier.features(video, audio)
         output = ModelOutput(
             clip=self.classifier.clip_logits(f_v, f_a),
@@ -193,12 +201,23 @@ class SingleStreamNet(nn.Module):
             style_audio=style_audio,
         )
         if training and c.mismatch_pairing and batch > 1:
-            # A shift by 1..B-1 pairs every clip with another one (a derangement).
-            shift = int(torch.randint(1, batch, ()))
-            partner = (torch.arange(batch, device=video.device) + shift) % batch
+            partner = derangement_partner(batch, video.device)
             output.mismatch = self.classifier.clip_logits(f_v, f_a[partner])
             output.mismatch_partner = partner
         return output
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, backend: str = "auto", device: str | torch.device = "cpu"
+    ) -> SingleStreamNet:
+        """The model of an avfused checkpoint (its ModelConfig and weights), in eval mode on ``device``.
+
+        Raises avfused.errors.CheckpointError for a missing, truncated or altered file. The decision
+        threshold chosen in training: ``avfused.calibration.decision_threshold(path)``.
+        """
+        from avfused.checkpoint import load_model
+
+        return load_model(path, backend, device)
 
     @torch.no_grad()
     def predict_proba(self, video: torch.Tensor, audio: torch.Tensor) -> FakeProbabilities:

@@ -2,11 +2,13 @@
 
 Long videos are scored in sliding windows of the model's clip length (``--hop`` seconds apart) and the
 windows aggregated (``--aggregate mean|max``). Each file is decoded in one pass, its next windows while
-the model scores the last (``--decode seek`` reads every window on its own, as before). A file that cannot
-be read prints one line with the reason; the other files go on, and the exit status is 1. Options that
-cannot work (``--hop 0``, a threshold outside [0, 1], a device or forced backend that is not here) are one
-error before any file (exit status 2). A file shorter than a window is scored on a padded window, and its
-line says how much.
+the model scores the last (``--decode seek`` reads every window on its own, as before). A file is FAKE when
+its clip score reaches the threshold: by default the one calibrated on the validation split in training
+(stored in the checkpoint; see avfused.calibration), else 0.5 with a note; ``--threshold`` overrides it. A
+file that cannot be read prints one line with the reason; the other files go on, and the exit status is 1.
+Options that cannot work (``--hop 0``, a threshold outside [0, 1], a device or forced backend that is not
+here) are one error before any file (exit status 2). A file shorter than a window is scored on a padded
+window, and its line says how much.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, mkv, webm, avi, ...)")
     parser.add_argument("--hop", type=float, default=None, help="seconds between window starts (default: one window)")
     parser.add_argument("--aggregate", choices=["mean", "max"], default="mean", help="how windows combine per file")
-    parser.add_argument("--threshold", type=float, default=0.5, help="probability at or above which a file is FAKE")
+    parser.add_argument(
+        "--threshold", type=float, default=None,
+        help="clip probability at or above which a file is FAKE (default: the checkpoint's calibrated one, else 0.5)",
+    )  # fmt: skip
     parser.add_argument("--faces", default=None, help="face crops: none, auto, haar, skin (default: as trained)")
     parser.add_argument("--windows", action="store_true", help="also print every window's scores")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -69,6 +74,7 @@ def _line(result, threshold: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from avfused.backends import resolve_backend
+    from avfused.calibration import Decision, decision_threshold
     from avfused.checkpoint import load_checkpoint, load_model
     from avfused.data.decode import ClipSpec
     from avfused.detect import check_hop, default_threads, detect_file
@@ -77,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from avfused.training.threads import set_threads
 
     check_hop(args.hop)
-    check_threshold(args.threshold)
+    if args.threshold is not None:
+        check_threshold(args.threshold)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     set_threads(args.threads or default_threads())
@@ -87,6 +94,14 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, args.backend, device)
     faces = args.faces or (checkpoint.state.get("data") or {}).get("faces", "none")
     spec = ClipSpec.from_config(checkpoint.config, faces=faces)
+    decision = decision_threshold(checkpoint)
+    if args.threshold is not None:
+        decision = Decision(args.threshold, "given with --threshold", False)
+    # on stderr, so that stdout keeps one line per file (or the JSON document)
+    if args.threshold is None and not decision.calibrated:
+        print(f"note: threshold {decision.threshold}: {decision.source}", file=sys.stderr)
+    elif not args.json:
+        print(f"threshold {decision.threshold:.4f}: {decision.source}", file=sys.stderr)
     results, failed = [], 0
     for path in args.videos:
         amp = device.type == "cuda"
@@ -99,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {result.error}", file=sys.stderr)
             continue
         if not args.json:
-            print(_line(result, args.threshold))
+            print(_line(result, decision.threshold))
             if args.windows:
                 for w in result.windows:
                     scores = f"clip {w.clip:.4f}  visual {w.visual:.4f}  audio {w.audio:.4f}"
@@ -107,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         document = {
             "checkpoint": str(args.checkpoint),
-            "threshold": args.threshold,
+            "threshold": decision.threshold,
+            "threshold_source": decision.source,
             "aggregate": args.aggregate,
             "files": [r.to_dict() for r in results],
         }

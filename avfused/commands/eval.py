@@ -6,6 +6,9 @@ file (``--split``) other than the one the checkpoint was trained on is refused (
 Scores are per video: the mean over every clip-length window of the video (``--windows first``: the
 first window only). ``--test-methods`` keeps the real videos and the fakes of those methods only
 (cross-manipulation: train with ``--train-methods A B``, test on unseen ``--test-methods C``).
+ACC is given at the fixed ``--threshold`` (0.5) and, beside it, at the threshold each head was calibrated to on
+the validation split in training (ACC@cal; see avfused.calibration): neither is tuned on the test set. A
+checkpoint without calibrated thresholds (written before avfused stored them) shows ACC@0.5 only, with a note.
 Writes a table to the terminal, ``<out>/eval-<subset>.json`` (metrics and per-video scores) and
 ``<out>/roc-<subset>.png``; ``<out>`` defaults to the checkpoint's folder.
 
@@ -96,7 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score every clip-length window of each video and average them per video, or the first only",
     )  # fmt: skip
     parser.add_argument("--faces", default=None, help="face crops (default: as in training)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="fixed decision threshold for ACC")
+    parser.add_argument(
+        "--threshold", type=float, default=0.5,
+        help="fixed decision threshold for ACC (ACC@cal beside it uses the checkpoint's calibrated one)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
     parser.add_argument("--backend", default="auto", help="kernels: auto, torch, triton, cuda")
@@ -203,6 +209,7 @@ def _describe(source, subset: str, silence_cue: str) -> str:
 
 
 def _evaluate_checkpoint(checkpoint_path: str, args: argparse.Namespace, device, amp: bool, out: Path) -> dict:
+    from avfused.calibration import decision_threshold
     from avfused.checkpoint import load_checkpoint, load_model
     from avfused.data.decode import ClipSpec
     from avfused.errors import ConfigError
@@ -227,11 +234,16 @@ def _evaluate_checkpoint(checkpoint_path: str, args: argparse.Namespace, device,
         source, spec, names, methods, "no", args.workers, progress, silence_cue, all_windows=args.windows == "all"
     )
     parts = [predict(model, datasets[n], args.batch_size, device, amp, args.workers, progress) for n in names]
-    extra = {"checkpoint": str(checkpoint_path), "train_methods": train_methods}
-    return _finish(parts, source, silence_cue, args, out, checkpoint_path, extra)
+    extra = {"checkpoint": str(checkpoint_path), "train_methods": train_methods, "calibration": checkpoint.calibration}
+    calibrated = (checkpoint.calibration or {}).get("thresholds")
+    if not calibrated:
+        print(f"note: {checkpoint_path}: ACC at the fixed threshold only; {decision_threshold(checkpoint).source}")
+    return _finish(parts, source, silence_cue, args, out, checkpoint_path, extra, calibrated=calibrated)
 
 
-def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, extra: dict, heads=None) -> dict:
+def _finish(
+    parts: list, source, silence_cue: str, args, out: Path, name: str, extra: dict, heads=None, calibrated=None
+) -> dict:
     """Pool the parts per video, print the table under its header, write the JSON (and ROC PNG)."""
     from avfused.checkpoint import atomic_write_bytes
     from avfused.errors import ConfigError, UnreadableFilesError
@@ -251,7 +263,7 @@ def _finish(parts: list, source, silence_cue: str, args, out: Path, name: str, e
     if len(predictions) == 0:
         raise ConfigError(f"no readable clips in the {args.subset} part of {source.path}")
     videos = video_level(predictions)
-    result = report(videos, args.threshold, heads)
+    result = report(videos, args.threshold, heads, calibrated)
     result.update(
         {
             **extra,

@@ -13,6 +13,18 @@ from avfused.nn.vpm import VPM
 
 
 class CAVLBlock(nn.Module):
+    """VPM -> BN -> SAAVM -> BN on a video and an audio feature map of one width.
+
+    forward(video (B, C, T, H, W), audio (B, C, L)) -> (video (B, C, T, H, W), audio (B, C, L)).
+
+    Args:
+        channels: C. frames: T. num_tokens: the SAAVM's, ``avfused.nn.token_count(T, H, W, window)``.
+        window, audio_kernel, layer_scale_init: as in SAAVM. mlp_ratio: the VPM's conv-MLP expansion.
+        drop_path: stochastic-depth rate of the VPM's two residual branches (training only).
+        backend: "auto", "torch", "triton" or "cuda" for the block's fused ops (large-kernel attention,
+            conv MLP, joint token attention); each submodule's ``backend`` attribute can also be set alone.
+    """
+
     def __init__(
         self,
         channels: int,

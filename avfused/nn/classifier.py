@@ -12,6 +12,12 @@ from torch import nn
 
 
 class ClassificationModule(nn.Module):
+    """forward(video (B, C, T, H, W), audio (B, C, L)) -> (visual, audio, clip) logits, each (B, num_classes).
+
+    Depthwise Conv3d 3x3x3 / Conv1d(audio_kernel) then global averages give f_v, f_a (B, C); bias-free heads
+    read f_v, f_a and their concatenation (B, 2C).
+    """
+
     def __init__(self, channels: int, num_classes: int = 2, audio_kernel: int = 31) -> None:
         super().__init__()
         self.video_pool = nn.Conv3d(channels, channels, 3, padding=1, groups=channels)

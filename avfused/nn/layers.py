@@ -7,7 +7,10 @@ from torch import nn
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: zero a whole residual branch per sample with probability ``p`` in training."""
+    """Stochastic depth: zero a whole residual branch per sample with probability ``p`` in training.
+
+    forward(x (N, ...), group) -> same shape; the identity in eval mode.
+    """
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
@@ -23,7 +26,10 @@ class DropPath(nn.Module):
 
 
 class LayerScale(nn.Module):
-    """Multiply channel dimension 1 by a learnable vector initialised small (1e-2 by default)."""
+    """Multiply channel dimension 1 by a learnable vector initialised small (1e-2 by default).
+
+    forward(x (B, C, ...)) -> same shape.
+    """
 
     def __init__(self, channels: int, init: float = 1e-2) -> None:
         super().__init__()

@@ -18,7 +18,27 @@ from avfused.errors import InputShapeError
 from avfused.nn.layers import LayerScale
 
 
+def token_count(frames: int, height: int, width: int, window: int = 7) -> int:
+    """Tokens of one SAAVM on (H, W) video maps of ``frames`` frames: T * ceil(H/w) * ceil(W/w) video + T audio."""
+    return frames * -(-height // window) * -(-width // window) + frames
+
+
 class SAAVM(nn.Module):
+    """Cross-modal token attention between a video and an audio feature map of the same width.
+
+    forward(video (B, C, T, H, W), audio (B, C, L)) -> (video (B, C, T, H, W), audio (B, C, L)).
+
+    Args:
+        channels: C, the width of both inputs.
+        frames: T; the audio map becomes one token per frame, so L needs no relation to T.
+        num_tokens: the token count of the input size, ``token_count(frames, H, W, window)`` (it sizes
+            the position embedding; another input size raises InputShapeError).
+        window: video tokens are window x window patches (maps are zero-padded to a multiple).
+        audio_kernel: kernel of the audio squeeze and expand convolutions (odd).
+        layer_scale_init: initial scale of the residual additions.
+        backend: "auto", "torch", "triton" or "cuda": who computes the joint token attention.
+    """
+
     def __init__(
         self,
         channels: int,
@@ -68,7 +88,8 @@ class SAAVM(nn.Module):
         if tokens.shape[1] != self.pos.shape[0]:
             raise InputShapeError(
                 f"SAAVM was built for {self.pos.shape[0]} tokens but a {height}x{width} map with "
-                f"{video.shape[2]} frames makes {tokens.shape[1]}; build it with num_tokens for this input size"
+                f"{video.shape[2]} frames makes {tokens.shape[1]}; build it with "
+                "num_tokens=token_count(frames, H, W, window) for this input size"
             )
         op = backends.module_op("joint_token_attention", self, tokens.device)
         mixed = op(tokens, self.pos, self.norm.weight, self.norm.bias, self.mix.weight, self.mix.bias)

@@ -1,7 +1,11 @@
-"""Training-only content-dependence tools: feature-statistics swap (MixStyle) and the adversarial probes.
+"""Training-only content-dependence tools: feature-statistics swap (MixStyle), mismatch partners and the
+adversarial probes.
 
 ``swap_statistics(x, partner, weight)``: x (B, C, ...) re-styled with a mix of its own and its batch
 partner's channel mean/std; ``channel_statistics(x)``: (B, 2C) mean and std over all but B, C.
+``draw_statistics_swap`` / ``random_statistics_swap``: the per-batch random swap of SingleStreamNet's
+training forward; ``derangement_partner``: the clip each clip is mismatched with. The random choices are
+tensors (no Python branch on a random number), so ``torch.compile(fullgraph=True)`` traces training too.
 """
 
 from __future__ import annotations
@@ -29,6 +33,36 @@ def swap_statistics(x: torch.Tensor, partner: torch.Tensor, weight: torch.Tensor
     mixed_mean = w * mean + (1 - w) * mean[partner]
     mixed_std = w * std + (1 - w) * std[partner]
     return (x - mean) / std * mixed_std + mixed_mean
+
+
+def draw_statistics_swap(
+    batch: int, probability: float, alpha: float, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch's swap: ``apply`` () bool, True with ``probability``; ``partner`` (B,) a uniformly random
+    permutation of the batch; ``weight`` (B,) i.i.d. Beta(alpha, alpha). All are drawn on every call."""
+    apply = torch.rand((), device=device) < probability
+    partner = torch.randperm(batch, device=device)
+    concentration = torch.full((), float(alpha), device=device)
+    weight = torch.distributions.Beta(concentration, concentration, validate_args=False).sample((batch,))
+    return apply, partner, weight
+
+
+def random_statistics_swap(
+    video: torch.Tensor, audio: torch.Tensor, probability: float, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """With ``probability`` per batch, swap_statistics on video (B, C, ...) and audio (B, C, ...) with one
+    shared draw of partners and weights; else both unchanged. Shapes are kept."""
+    apply, partner, weight = draw_statistics_swap(video.shape[0], probability, alpha, video.device)
+    swapped = swap_statistics(video, partner, weight), swap_statistics(audio, partner, weight)
+    # torch.where, not `if apply:`, so the choice stays in the graph (exact: the unswapped branch is x itself)
+    return torch.where(apply, swapped[0], video), torch.where(apply, swapped[1], audio)
+
+
+def derangement_partner(batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Partners (B,) for the mismatch pairs: (i + s) mod B with one shift s uniform on 1..B-1 per batch, so
+    every clip gets another clip (a derangement). Needs B >= 2."""
+    shift = torch.randint(1, batch, (), device=device)
+    return (torch.arange(batch, device=device) + shift) % batch
 
 
 class StatisticsProbe(nn.Module):

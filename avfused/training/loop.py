@@ -8,6 +8,8 @@ AugmentedDataset (augmentation seeded per clip). Files written to ``out_dir``:
     last.safetensors  after every epoch (and every ``save_every`` steps, and on Ctrl-C)
     best.safetensors  the epoch with the best validation clip AUC, then ACC (the lowest training loss
                       without a val set)
+    Each checkpoint carries the decision thresholds chosen on its epoch's validation videos
+    (avfused.calibration: max balanced accuracy per head), which `avfused detect` uses.
     metrics.csv / metrics.json   one row per epoch: losses, learning rate, throughput, val metrics
 A folder that already holds a run is refused unless the run resumes from its own checkpoint or
 ``overwrite`` is set (which deletes the old run's files first).
@@ -41,11 +43,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from avfused.calibration import calibrate
 from avfused.checkpoint import atomic_write_bytes, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from avfused.config import ModelConfig
 from avfused.data.datasets import collate_clips
 from avfused.errors import CheckpointError, ConfigError, OutputExistsError, OutputWriteError
-from avfused.evaluate import HEADS, autocast, predict, report
+from avfused.evaluate import HEADS, autocast, predict, report, video_level
 from avfused.metrics import json_safe
 from avfused.model import SingleStreamNet
 from avfused.training.augment import AugmentConfig, AugmentedDataset
@@ -217,6 +220,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict = {}
         self._busy = False  # True inside a step or an epoch's end: the state there is not a resume point
+        self.calibration: dict | None = None  # thresholds from the latest validation (avfused.calibration)
 
     # ---- state -------------------------------------------------------------------------------
     def _state(self, rng: dict) -> dict:
@@ -249,6 +253,7 @@ class Trainer:
                 self.optimizer.state_dict(),
                 json_safe(self._state(rng_state)),
                 rng_tensors,
+                self.calibration,
             )
         except OutputWriteError as exc:
             raise OutputWriteError(
@@ -275,6 +280,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.epoch_sums, self.history, self.best = state["epoch_sums"], state["history"], state["best"]
         _set_rng_state(state.get("rng", {}), checkpoint.extra)
+        self.calibration = checkpoint.calibration
         self._write_logs()  # a run killed between its checkpoint and its logs: the logs follow the checkpoint
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
@@ -330,7 +336,12 @@ class Trainer:
             progress=self.config.progress,
         )
         result = report(predictions)["overall"]
-        return {f"val_{head}_{m}": result[head][m] for head in HEADS for m in ("acc", "auc", "eer", "ap")}
+        row = {f"val_{head}_{m}": result[head][m] for head in HEADS for m in ("acc", "auc", "eer", "ap")}
+        # the thresholds of these weights: chosen on validation videos, never on the test split
+        self.calibration = calibrate(video_level(predictions), epoch=self.epoch + 1, step=self.step)
+        if self.calibration is not None:
+            row.update({f"val_{h}_threshold": t for h, t in self.calibration["thresholds"].items()})
+        return row
 
     def _end_epoch(self, seconds: float, clips: int) -> None:
         steps = max(self.epoch_sums.get("steps", 0), 1)
