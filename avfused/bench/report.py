@@ -130,6 +130,50 @@ def _legend(result: BenchResult) -> str:
     )
 
 
+DETECTION_COLUMNS = (
+    "model",
+    "backend",
+    "threads",
+    "windows",
+    "hop s",
+    "wall s",
+    "decode s",
+    "model s",
+    "waiting s",
+    "CPU s",
+    "wall s per minute",
+)
+
+
+def _detection_cells(row) -> list[str]:
+    if row.status != "ok":
+        return [row.preset, row.backend or "-", row.status, row.reason] + [""] * (len(DETECTION_COLUMNS) - 4)
+    figures = (row.wall_s, row.decode_s, row.model_s, row.wait_s, row.cpu_s, row.per_minute_s)
+    return [row.preset, row.backend, str(row.threads), str(row.windows), _number(row.hop_s)] + [
+        _number(value) for value in figures
+    ]
+
+
+def _detection_section(result: BenchResult) -> list[str]:
+    rows = result.detection
+    if not rows:
+        return []
+    first = rows[0]
+    video = first.video + (f", {first.video_kbps:.0f} kbit/s" if first.video_kbps else "")
+    return [
+        "",
+        f"### end-to-end detection ({video})",
+        "",
+        "`avfused detect`'s work on a generated talking-face video, random weights, default hop (back-to-back "
+        "windows). Decoding runs in a thread beside the model, so decode s (that thread's busy time: decoding, "
+        "RGB conversion, crops, resampling) and model s (the forward passes) overlap; waiting s: the model "
+        "waiting for windows; CPU s: the process's CPU time (steadier than wall time on a busy machine). "
+        f"The fastest of {first.runs} run{'s' if first.runs != 1 else ''} per model.",
+        "",
+        _table(DETECTION_COLUMNS, [_detection_cells(row) for row in rows]),
+    ]
+
+
 def markdown_report(result: BenchResult) -> str:
     device = result.meta["device_type"]
     parts = _header(result)
@@ -170,6 +214,10 @@ def markdown_report(result: BenchResult) -> str:
         title = "whole model" if subject == MODEL else f"{subject} (stage-0 shapes)"
         parts += ["", f"### {title}{work_line}", ""]
         parts.append(_table(COLUMNS, [_row_cells(row) for row in subject_rows]))
+        if subject == MODEL:
+            parts += _detection_section(result)
+    if not any(row.subject == MODEL for row in rows):
+        parts += _detection_section(result)
     return "\n".join(parts) + "\n"
 
 
@@ -194,6 +242,8 @@ def readme_summary(result: BenchResult, link: str | None = None) -> str:
     ]
     if cells:
         lines += [_table(header, cells), ""]
+    if result.detection:
+        lines += [_table(DETECTION_COLUMNS, [_detection_cells(row) for row in result.detection]), ""]
     target_cells = [
         [t.description, t.backend, "-" if t.value is None else f"{t.value:.2f}", t.needed, t.verdict]
         for t in result.targets

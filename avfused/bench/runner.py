@@ -10,13 +10,15 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
-from avfused.bench import hardware, timing, work
+from avfused.bench import detection, hardware, timing, work
 from avfused.bench.cases import MODEL, MODES, SUBJECTS, Case, model_step, op_inputs, op_step, plan_cases
 from avfused.bench.targets import TargetResult, evaluate_targets
 from avfused.bench.variants import FUSED, VARIANTS, FallbackError, Implementations, variant_label, variant_status
@@ -45,6 +47,9 @@ class Settings:
     quick: bool = False
     command: str = ""
     time_limit_s: float | None = None  # start no new measurement after this long; the rest is reported as skipped
+    detect_presets: Sequence[str] = detection.PRESETS  # model presets of the detect case (when subjects has it)
+    video_dir: Path | None = None  # where the detect case's video is kept (None: a temp dir; --quick: removed)
+    detect_threads: int = 0  # torch threads of the detect case (0: as avfused detect picks them)
 
 
 @dataclass
@@ -87,6 +92,7 @@ class BenchResult:
     variants: dict[str, str | None]
     rows: list[Row] = field(default_factory=list)
     targets: list[TargetResult] = field(default_factory=list)
+    detection: list[detection.DetectionRow] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -94,6 +100,7 @@ class BenchResult:
             "variants": self.variants,
             "rows": [asdict(row) for row in self.rows],
             "targets": [asdict(target) | {"verdict": target.verdict} for target in self.targets],
+            "detection": [row.to_dict() for row in self.detection],
         }
 
 
@@ -251,6 +258,8 @@ def _finish(result: BenchResult, settings: Settings, status: dict[str, str | Non
     add_ratios(result.rows)
     fused_status = {variant_label(name, settings.device): status[name] for name in FUSED}
     result.targets = evaluate_targets(result.rows, settings.device.type, fused_status, run_dtype(settings))
+    if detection.DETECT in settings.subjects:
+        result.targets += detection.detection_targets(result.detection, settings.device.type, settings.quick)
 
 
 def _run(settings: Settings, log: Callable[[str], None], on_row: Callable[[BenchResult], None] | None) -> BenchResult:
@@ -260,7 +269,9 @@ def _run(settings: Settings, log: Callable[[str], None], on_row: Callable[[Bench
             status[name] = "not selected (--backends)"
     result = BenchResult(describe_run(settings), status)
     runnable = [name for name in VARIANTS if status[name] is None]
-    cases = plan_cases(settings.subjects, settings.modes, settings.batch_sizes, settings.train_batch)
+    cases = plan_cases(
+        [s for s in settings.subjects if s in SUBJECTS], settings.modes, settings.batch_sizes, settings.train_batch
+    )
     cases.sort(key=lambda case: case.subject != MODEL)  # the model first: the targets need it if time runs out
     implementations = Implementations(settings.config, settings.device)
     figures = _WorkFigures(settings.config, settings.device)
@@ -270,6 +281,8 @@ def _run(settings: Settings, log: Callable[[str], None], on_row: Callable[[Bench
     total = len(work_list)
     started = time.perf_counter()
     for done, (case, variant) in enumerate(work_list, start=1):
+        if _detection_due(settings, result, case.subject != MODEL or variant == "compile"):
+            _add_detection(result, settings, status, started, log, on_row)  # after the model: a target too
         if settings.time_limit_s is not None and time.perf_counter() - started > settings.time_limit_s:
             row = Row(*case.key, variant, variant_label(variant, settings.device), "skipped")
             row.reason = f"time limit of {settings.time_limit_s:g} s reached"
@@ -282,5 +295,40 @@ def _run(settings: Settings, log: Callable[[str], None], on_row: Callable[[Bench
         if on_row is not None:
             _finish(result, settings, status)
             on_row(result)
+    if _detection_due(settings, result, True):
+        _add_detection(result, settings, status, started, log, on_row)
     _finish(result, settings, status)
     return result
+
+
+def _detection_due(settings: Settings, result: BenchResult, model_done: bool) -> bool:
+    return model_done and detection.DETECT in settings.subjects and not result.detection
+
+
+def _add_detection(result: BenchResult, settings: Settings, status, started: float, log, on_row) -> None:
+    result.detection = _run_detection(settings, started, log)
+    if on_row is not None:
+        _finish(result, settings, status)
+        on_row(result)
+
+
+def _run_detection(settings: Settings, started: float, log: Callable[[str], None]) -> list[detection.DetectionRow]:
+    """The end-to-end detect case: the detect presets on the 720p video (--quick: the tiny config and video)."""
+    from avfused.detect import default_threads  # PyAV and OpenCV: only for this case
+
+    if settings.quick:
+        presets, video, runs = [(settings.config_name, settings.config)], detection.QUICK_VIDEO, 1
+    else:
+        presets = [(name, ModelConfig.preset(name)) for name in settings.detect_presets]
+        video, runs = detection.FULL_VIDEO, detection.RUNS
+    deadline = None if settings.time_limit_s is None else started + settings.time_limit_s
+    with detection.torch_threads(settings.detect_threads or default_threads()):
+        return _detection_rows(settings, presets, video, runs, deadline, log)
+
+
+def _detection_rows(settings: Settings, presets, video, runs: int, deadline, log) -> list[detection.DetectionRow]:
+    if settings.video_dir is None and settings.quick:  # a tiny video, made in a second: not worth keeping
+        with tempfile.TemporaryDirectory(prefix="avfused-bench-") as folder:
+            return detection.run_detection(presets, video, Path(folder), settings.device, log, deadline, runs)
+    folder = detection.DEFAULT_VIDEO_DIR if settings.video_dir is None else Path(settings.video_dir)
+    return detection.run_detection(presets, video, folder, settings.device, log, deadline, runs)

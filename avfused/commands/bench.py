@@ -51,9 +51,16 @@ def _batch_sizes(text: str) -> list[int] | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from avfused.bench.cases import MODES, SUBJECTS
+    from avfused.bench.detection import DETECT
     from avfused.bench.variants import VARIANTS
 
-    parser.add_argument("--ops", type=_choices(SUBJECTS), default="all", help="comma-separated: " + ",".join(SUBJECTS))
+    subjects = SUBJECTS + (DETECT,)
+    parser.add_argument(
+        "--ops",
+        type=_choices(subjects),
+        default="all",
+        help="comma-separated: " + ",".join(subjects) + f" ({DETECT}: end-to-end avfused detect on 60 s of 720p video)",
+    )
     parser.add_argument("--modes", type=_choices(MODES), default="all", help="comma-separated: " + ",".join(MODES))
     parser.add_argument(
         "--backends", type=_choices(VARIANTS), default="all", help="comma-separated: " + ",".join(VARIANTS)
@@ -93,12 +100,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="start no new measurement after this long (0: no limit); the model runs first, the rest is listed skipped",
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's choice; detect: as avfused detect picks)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument(
         "--quick", action="store_true", help="tiny shapes, no torch.compile, 2 repeats: checks the harness (CI)"
     )
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"), help="where results go")
+    parser.add_argument(
+        "--video-dir",
+        type=Path,
+        default=None,
+        help="where the detect case's 720p video is written once and reused (default: <tmp>/avfused-bench)",
+    )
     parser.add_argument("--no-save", action="store_true", help="print the table only, write no files")
     parser.add_argument(
         "--update-readme",
@@ -144,6 +159,8 @@ def settings_from_args(args: argparse.Namespace):
         quick=args.quick,
         time_limit_s=args.time_limit or None,
         command=_command_line(),
+        video_dir=args.video_dir,
+        detect_threads=args.threads or (1 if args.quick else 0),
     )
 
 
@@ -176,5 +193,5 @@ def run(args: argparse.Namespace) -> int:
             link = os.path.relpath(paths["markdown"].resolve(), args.update_readme.resolve().parent)
         report.update_readme(args.update_readme, report.readme_summary(result, link))
         print(f"updated {args.update_readme}", file=sys.stderr)
-    measured = [row for row in result.rows if row.status == "ok"]
+    measured = [row for row in result.rows + result.detection if row.status == "ok"]
     return 0 if measured else 1

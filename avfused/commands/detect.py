@@ -1,13 +1,14 @@
 """``avfused detect CKPT VIDEO...``: fake probabilities of the clip, visual and audio heads for each file.
 
 Long videos are scored in sliding windows of the model's clip length (``--hop`` seconds apart) and the
-windows aggregated (``--aggregate mean|max``). A file is FAKE when its clip score reaches the threshold: by
-default the one calibrated on the validation split in training (stored in the checkpoint; see
-avfused.calibration), else 0.5 with a note; ``--threshold`` overrides it. A file that cannot be read prints
-one line with the reason; the other files go on, and the exit status is 1. Options that cannot work
-(``--hop 0``, a threshold outside [0, 1], a device or forced backend that is not here) are one error before
-any file (exit status 2). A file shorter than a window is scored on a padded window, and its line says how
-much.
+windows aggregated (``--aggregate mean|max``). Each file is decoded in one pass, its next windows while
+the model scores the last (``--decode seek`` reads every window on its own, as before). A file is FAKE when
+its clip score reaches the threshold: by default the one calibrated on the validation split in training
+(stored in the checkpoint; see avfused.calibration), else 0.5 with a note; ``--threshold`` overrides it. A
+file that cannot be read prints one line with the reason; the other files go on, and the exit status is 1.
+Options that cannot work (``--hop 0``, a threshold outside [0, 1], a device or forced backend that is not
+here) are one error before any file (exit status 2). A file shorter than a window is scored on a padded
+window, and its line says how much.
 """
 
 from __future__ import annotations
@@ -31,12 +32,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faces", default=None, help="face crops: none, auto, haar, skin (default: as trained)")
     parser.add_argument("--windows", action="store_true", help="also print every window's scores")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="windows per forward pass (the first passes take 1, 2, 4 ...)"
+    )
+    parser.add_argument(
+        "--decode",
+        choices=["stream", "seek"],
+        default="stream",
+        help="stream: one pass over each file, each frame decoded once; seek: every window read on its own",
+    )
     parser.add_argument("--backend", default="auto", help="kernels: auto, torch, triton, cuda")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for files of many windows")
     parser.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for torch (0: one per idle core, from the load average)"
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: one per idle core, from the load average, less one for decoding)",
     )
 
 
@@ -65,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from avfused.calibration import Decision, decision_threshold
     from avfused.checkpoint import load_checkpoint, load_model
     from avfused.data.decode import ClipSpec
-    from avfused.detect import check_hop, detect_file
+    from avfused.detect import check_hop, default_threads, detect_file
     from avfused.errors import ConfigError
     from avfused.evaluate import check_threshold, resolve_device
     from avfused.training.threads import set_threads
@@ -75,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         check_threshold(args.threshold)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    set_threads(args.threads)
+    set_threads(args.threads or default_threads())
     checkpoint = load_checkpoint(args.checkpoint)
     device = resolve_device(args.device)
     resolve_backend(args.backend, device)  # a forced backend that cannot run: one error, not one per file
@@ -94,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     for path in args.videos:
         amp = device.type == "cuda"
         result = detect_file(
-            model, path, spec, args.hop, args.batch_size, device, amp, args.aggregate, not args.no_progress
+            model, path, spec, args.hop, args.batch_size, device, amp, args.aggregate, not args.no_progress, args.decode
         )
         results.append(result)
         if not result.ok:

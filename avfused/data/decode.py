@@ -25,7 +25,9 @@ as truncated too. Shorter losses at the very end pass unnoticed.
 ``iter_windows(path, spec, hop)`` yields a Clip per window for sliding-window detection over long
 videos: starts 0, hop, 2 hop, ... while a whole window fits, then one last window aligned to the end
 of the file (so every instant is covered and no window is padded unless the file is shorter than one
-window, which yields exactly one padded window).
+window, which yields exactly one padded window). Each window is the Clip read_clip gives for its start;
+by default they come from one decoding pass over the file (avfused.data.windows: each frame decoded
+once), ``decode="seek"`` reads each on its own.
 
 Degenerate frames: a video whose frames are under MIN_FRAME_SIDE pixels on a side, or more than
 MAX_FRAME_ASPECT times longer than wide (or wide than long), raises DegenerateFrameError: its square
@@ -69,6 +71,7 @@ from avfused.errors import (
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ts")
 PAD_MODES = ("hold", "loop")
+DECODE_MODES = ("stream", "seek")  # iter_windows: one pass over the file, or a seek per window
 # seek this far before a window so the audio packets interleaved just before the key frame are read too
 _SEEK_MARGIN_S = 0.5
 # frames this small or this elongated give no usable square crop (see the module docstring)
@@ -257,7 +260,7 @@ def _audio_frame_array(frame: av.AudioFrame) -> np.ndarray:
 @dataclass
 class _Span:
     frame_times: list[float]
-    frames: list[av.VideoFrame]
+    frames: list[av.VideoFrame]  # or anything with VideoFrame's width, height and to_ndarray(format=)
     audio: np.ndarray  # (C, N) at the native rate; sample 0 at the span start
     covered_until: float  # window-relative end of the decoded audio
     sample_rate: int
@@ -345,6 +348,12 @@ def _decode_span(
             raise EmptyMediaError(path, f"no video frame at or after {start:.3f} s {ends}")
 
     stop = end if math.isfinite(end) else max(audio_end, start)
+    covered = min(audio_end, end) - start
+    return _Span(frame_times, frames, _place_audio(chunks, start, stop, rate), covered, rate, media_end, fps)
+
+
+def _place_audio(chunks: list[tuple[float, np.ndarray]], start: float, stop: float, rate: int) -> np.ndarray:
+    """Audio chunks (time, (C, n)) -> (C, ceil((stop - start) * rate)) from ``start``, zeros where none lies."""
     channels = chunks[0][1].shape[0] if chunks else 1
     audio = np.zeros((channels, int(math.ceil((stop - start) * rate))), dtype=np.float32)
     for t, data in chunks:
@@ -352,8 +361,7 @@ def _decode_span(
         lo, hi = max(offset, 0), min(offset + data.shape[1], audio.shape[1])
         if hi > lo and data.shape[0] == channels:
             audio[:, lo:hi] = data[:, lo - offset : hi - offset]
-    covered = min(audio_end, end) - start
-    return _Span(frame_times, frames, audio, covered, rate, media_end, fps)
+    return audio
 
 
 def _shown_at(instants: np.ndarray, shown: float, replaced: float) -> bool:
@@ -490,15 +498,29 @@ def window_starts(duration: float, seconds: float, hop: float, slack: float = 0.
 
 
 def iter_windows(
-    path: str | os.PathLike, spec: ClipSpec | None = None, *, hop: float | None = None, **overrides
+    path: str | os.PathLike,
+    spec: ClipSpec | None = None,
+    *,
+    hop: float | None = None,
+    decode: str = "stream",
+    **overrides,
 ) -> Iterator[Clip]:
     """Yield a Clip per sliding window (see the module docstring); ``hop`` defaults to the window
-    length (no overlap). The file is opened once and each window seeks to its start."""
+    length (no overlap). ``decode="stream"`` reads the file in one pass (avfused.data.windows);
+    ``"seek"`` seeks to every window's start and decodes it on its own, as read_clip does."""
     spec = (spec or ClipSpec()).replace(**overrides) if overrides else (spec or ClipSpec())
+    if decode not in DECODE_MODES:
+        raise ConfigError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
     hop = spec.seconds if hop is None else hop
     info = probe(path)
+    starts = window_starts(info.duration, spec.seconds, hop, slack=1.0 / info.fps)
+    if decode == "stream":
+        from avfused.data.windows import stream_windows  # here: that module builds on this one
+
+        yield from stream_windows(path, spec, starts)
+        return
     with _open(path) as container:
         vstream, astream = _streams(container, path)
-        for start in window_starts(info.duration, spec.seconds, hop, slack=1.0 / info.fps):
+        for start in starts:
             span = _decode_span(container, vstream, astream, start, start + spec.seconds, path, _instants(start, spec))
             yield _clip_from_span(span, start, spec, path)
