@@ -76,4 +76,4 @@ def test_targets_are_seconds_per_minute_of_video():
     small, demo = detection_targets([_row("small", 9.0), failed], "cpu", quick=False)
     assert small.met is False and demo.met is None and demo.note == "boom"
     assert detection_targets([_row("small", 1.0)], "cuda", quick=False) == []  # CPU targets
-    assert detection.TARGET_S_PER_MINUTE == {"small": 8.0, "demo": 5.0}  # issue 15
+    assert detection.TARGET_S_PER_MINUTE == {"small": 8.0, "demo": 5.0}  # the targets the README quotes

@@ -5,7 +5,7 @@ bench_video(directory, spec) -> path     a talking-face video written once with 
 measure_detection(config, preset, video) -> DetectionRow: one detect_file call (default hop: back-to-back
                                          windows) with a random-weight model of ``config``, backend auto
 run_detection(presets, video, ...) -> [DetectionRow]   each preset, the fastest of ``runs`` calls
-detection_targets(rows, device_type) -> [TargetResult]   issue 15's wall-time targets, met or not
+detection_targets(rows, device_type) -> [TargetResult]   the CPU detection targets (wall time), met or not
 
 The decode / model split: decoding runs in a producer thread beside the model (avfused.detect), so the two
 overlap. decode_s is that thread's busy time (decoding, RGB conversion, crops, resampling), model_s the
@@ -32,7 +32,7 @@ from avfused.config import ModelConfig
 
 DETECT = "detect"  # the --ops name of this case
 PRESETS = ("small", "demo")
-# issue 15: wall seconds for a minute of 720p 25 fps video on the CPU, default hop
+# CPU detection targets: wall seconds for a minute of 720p 25 fps video on the CPU, default hop
 TARGET_S_PER_MINUTE = {"small": 8.0, "demo": 5.0}
 DEFAULT_VIDEO_DIR = Path(tempfile.gettempdir()) / "avfused-bench"
 RUNS = 2  # detect calls per preset; the fastest is reported
