@@ -10,6 +10,7 @@ N = batch*frames images, H x W pixels, L tokens, D = 49 token values):
     large_kernel_attention(p (N, C, H, W), w5, b5, w7, b7, w1, b1) -> (N, C, H, W)
     conv_mlp(x (N, C, H, W), w_in, b_in, w_dw, b_dw, w_out, b_out)  -> (N, C, H, W)
     joint_token_attention(tokens (B, L, D), pos (L, D), ln_w, ln_b, lin_w, lin_b) -> (B, L, D)
+    video_stem(frames (N, I, H, W), w (C, I, K, K), b (C,), border (I,)) -> (N, C, ceil(H/4), ceil(W/4))
 """
 
 from __future__ import annotations
@@ -182,3 +183,22 @@ def tokens_to_audio(tokens: Tensor, length: int) -> Tensor:
     """(B, T, D) -> (B, length), linear interpolation of the concatenated tokens."""
     flat = tokens.reshape(tokens.shape[0], 1, -1)
     return F.interpolate(flat, size=length, mode="linear", align_corners=False)[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# inference-time fusions (avfused.inference)
+# ---------------------------------------------------------------------------------------------
+def video_stem(frames: Tensor, weight: Tensor, bias: Tensor, border: Tensor) -> Tensor:
+    """Conv2d(I -> C, K x K, stride 2) + bias -> ReLU -> MaxPool(3 x 3, stride 2, padding 1), per image.
+
+    The convolution's K // 2 rows and columns of padding hold ``border`` (I,), one value per input
+    channel, not zero: the folded video stem takes raw pixels and pads them with the normalisation mean,
+    which normalises to the zero the unfolded stem pads with (avfused.fold.normalisation_into_conv).
+    """
+    images, channels, height, width = frames.shape
+    pad = weight.shape[-1] // 2
+    padded = border.to(frames.dtype).reshape(1, channels, 1, 1).expand(images, channels, height + 2 * pad,
+                                                                      width + 2 * pad).clone()
+    padded[:, :, pad : pad + height, pad : pad + width] = frames
+    features = F.relu(F.conv2d(padded, weight, bias, stride=2))
+    return F.max_pool2d(features, 3, stride=2, padding=1)
