@@ -108,3 +108,8 @@ class SplitNamesMissingError(DataError, ValueError):
 
 class SplitMismatchError(DataError, ValueError):
     """A split file is not the one a checkpoint was trained with: its folds may test on training identities."""
+
+
+# --- folded models ---------------------------------------------------------------------------
+class InferenceOnlyError(AvfusedError, RuntimeError):
+    """A model folded for inference (avfused.inference) was run in train mode: it has no training behaviour."""
