@@ -165,3 +165,8 @@ class SplitFileError(DataError, ValueError):
 
 class SplitLeakError(DataError, ValueError):
     """Train, validation and test share files or identities, so test scores would measure memory."""
+
+
+# --- folded models ---------------------------------------------------------------------------
+class InferenceOnlyError(AvfusedError, RuntimeError):
+    """A model folded for inference (avfused.inference) was run in train mode: it has no training behaviour."""

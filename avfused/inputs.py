@@ -43,6 +43,19 @@ def _check_tensor(name: str, value: object, rank: int, layout: str) -> torch.Ten
     return value
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """True when no element is NaN or infinite.
+
+    One pass: a sum is finite exactly when every element is (NaN and infinities propagate through it),
+    unless finite elements overflow it; only then are the elements checked one by one (half-precision
+    inputs are summed in float32 to keep that rare).
+    """
+    low_precision = tensor.dtype in (torch.float16, torch.bfloat16)
+    if bool(torch.isfinite(tensor.sum(dtype=torch.float32 if low_precision else None))):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
 def check_model_inputs(video: object, audio: object, config: ModelConfig) -> None:
     """Raise a named InputError unless video is (B, T, 3, H, W) and audio (B, S) as ``config`` expects."""
     c = config
@@ -68,7 +81,7 @@ def check_model_inputs(video: object, audio: object, config: ModelConfig) -> Non
     # A data-dependent check cannot be traced by torch.compile; compiled graphs skip it.
     if not torch.compiler.is_compiling():
         for name, tensor in (("video", video), ("audio", audio)):
-            if not torch.isfinite(tensor).all():
+            if not all_finite(tensor):
                 raise NonFiniteInputError(f"{name} holds NaN or infinite values")
 
 

@@ -10,6 +10,11 @@ N = batch*frames images, H x W pixels, L tokens, D = 49 token values):
     large_kernel_attention(p (N, C, H, W), w5, b5, w7, b7, w1, b1) -> (N, C, H, W)
     conv_mlp(x (N, C, H, W), w_in, b_in, w_dw, b_dw, w_out, b_out)  -> (N, C, H, W)
     joint_token_attention(tokens (B, L, D), pos (L, D), ln_w, ln_b, lin_w, lin_b) -> (B, L, D)
+    video_stem(frames (N, I, H, W), w (C, I, K, K), b (C,), border (I,)) -> (N, C, ceil(H/4), ceil(W/4))
+    video_squeeze_tokens(video (N, C, H, W), w_dw (C, 1, 3, 3), b_dw, w (1, C), b (1,), T, window) -> (B, L_v, D)
+    audio_squeeze_tokens(audio (B, C, L), w (C, C, K1), b, w_one (1, C, K2), b_one (1,), T, D) -> (B, T, D)
+    video_expand_residual(video (N, C, H, W), tokens (B, L_v, D), w (C, 1, 3, 3), b, scale, window) -> (N, C, H, W)
+    audio_expand_residual(audio (B, C, L), tokens (B, T, D), w (C, 1, K), b, scale) -> (B, C, L)
 """
 
 from __future__ import annotations
@@ -212,3 +217,63 @@ def tokens_to_audio(tokens: Tensor, length: int) -> Tensor:
     """(B, T, D) -> (B, length), linear interpolation of the concatenated tokens."""
     flat = tokens.reshape(tokens.shape[0], 1, -1)
     return F.interpolate(flat, size=length, mode="linear", align_corners=False)[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# inference-time fusions (avfused.inference)
+# ---------------------------------------------------------------------------------------------
+def video_stem(frames: Tensor, weight: Tensor, bias: Tensor, border: Tensor) -> Tensor:
+    """Conv2d(I -> C, K x K, stride 2) + bias -> ReLU -> MaxPool(3 x 3, stride 2, padding 1), per image.
+
+    The convolution's K // 2 rows and columns of padding hold ``border`` (I,), one value per input
+    channel, not zero: the folded video stem takes raw pixels and pads them with the normalisation mean,
+    which normalises to the zero the unfolded stem pads with (avfused.fold.normalisation_into_conv).
+    """
+    images, channels, height, width = frames.shape
+    pad = weight.shape[-1] // 2
+    padded = border.to(frames.dtype).reshape(1, channels, 1, 1).expand(images, channels, height + 2 * pad,
+                                                                      width + 2 * pad).clone()
+    padded[:, :, pad : pad + height, pad : pad + width] = frames
+    features = F.relu(F.conv2d(padded, weight, bias, stride=2))
+    return F.max_pool2d(features, 3, stride=2, padding=1)
+
+
+def video_squeeze_tokens(
+    video: Tensor, dw_weight: Tensor, dw_bias: Tensor, weight: Tensor, bias: Tensor, frames: int, window: int
+) -> Tensor:
+    """The SAAVM's video squeeze straight into tokens: ReLU(dw3x3(video) + dw_bias) -> 1x1 to one channel
+    (weight (1, C), bias (1,)) -> window x window tokens. video (B*T, C, H, W) -> (B, T * windows, window**2)."""
+    channels = video.shape[1]
+    hidden = F.relu(F.conv2d(video, dw_weight, dw_bias, padding=dw_weight.shape[-1] // 2, groups=channels))
+    maps = F.conv2d(hidden, weight.reshape(1, channels, 1, 1), bias)
+    return video_to_tokens(maps.reshape(-1, frames, maps.shape[-2], maps.shape[-1]), window)
+
+
+def audio_squeeze_tokens(
+    audio: Tensor, weight: Tensor, bias: Tensor, to_one: Tensor, to_one_bias: Tensor, frames: int, token_dim: int
+) -> Tensor:
+    """The SAAVM's audio squeeze straight into tokens: ReLU(Conv1d(C -> C, K1)(audio) + bias) ->
+    Conv1d(C -> 1, K2) (to_one (1, C, K2), to_one_bias (1,)), 'same' zero padding -> T tokens of token_dim.
+    audio (B, C, L) -> (B, T, token_dim)."""
+    hidden = F.relu(F.conv1d(audio, weight, bias, padding=weight.shape[-1] // 2))
+    signal = F.conv1d(hidden, to_one, to_one_bias, padding=to_one.shape[-1] // 2)
+    return audio_to_tokens(signal[:, 0], frames, token_dim)
+
+
+def video_expand_residual(
+    video: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor, window: int
+) -> Tensor:
+    """The SAAVM's way back for video with the norm after it folded: scale * video + bias +
+    Conv2d(1 -> C, 3x3, 'same')(the tokens as maps). video (B*T, C, H, W), tokens (B, T * windows,
+    window**2), weight (C, 1, 3, 3), bias and scale (C,) -> (B*T, C, H, W)."""
+    images, _, height, width = video.shape
+    maps = tokens_to_video(tokens, images // tokens.shape[0], height, width, window).reshape(images, 1, height, width)
+    return F.conv2d(maps, weight, bias, padding=weight.shape[-1] // 2) + scale.reshape(1, -1, 1, 1) * video
+
+
+def audio_expand_residual(audio: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
+    """The SAAVM's way back for audio with the norm after it folded: scale * audio + bias +
+    Conv1d(1 -> C, K, 'same')(the tokens interpolated to L). audio (B, C, L), tokens (B, T, D),
+    weight (C, 1, K), bias and scale (C,) -> (B, C, L)."""
+    signal = tokens_to_audio(tokens, audio.shape[-1])
+    return F.conv1d(signal[:, None], weight, bias, padding=weight.shape[-1] // 2) + scale[:, None] * audio

@@ -68,3 +68,58 @@ TRITON = _target("triton", TRITON_DEVICE, "triton")
 EXT_CPU = _target("ext", "cpu", "ext-cpu")
 EXT_CUDA = _target("ext", "cuda", "ext-cuda")
 TARGETS = [TRITON, EXT_CPU, EXT_CUDA]
+
+
+# ---------------------------------------------------------------------------------------------
+# forward-only extension ops (the folded model's CPU kernels): shared checks of their op tests
+# ---------------------------------------------------------------------------------------------
+def check_forward_only_ext(module: ModuleType, inputs: list[torch.Tensor], scalars: tuple = (),
+                           names: tuple[str, ...] = ()) -> None:
+    """The wrapper's inference forward against the float64 reference (dtype kept), then the raw op
+    ``avfused_ext::<op>``: its forward and the gradient of every tensor input (its autograd recomputes
+    through the reference) against float64."""
+    from avfused import reference
+    from avfused.testing import assert_matches_reference, check_against_reference
+
+    reference_fn = getattr(reference, module.OP)
+    with torch.no_grad():
+        out = module.ext(*inputs, *scalars)
+    assert out.dtype == inputs[0].dtype
+    assert_matches_reference(out, reference_fn(*(t.double() for t in inputs), *scalars), name="forward")
+    raw = getattr(torch.ops.avfused_ext, module.OP)
+    check_against_reference(lambda *t: raw(*t, *scalars), lambda *t: reference_fn(*t, *scalars), inputs,
+                            names or tuple(f"input {i}" for i in range(len(inputs))))
+
+
+def check_wrapper_runs_reference_under_autograd(module: ModuleType, inputs: list[torch.Tensor], scalars: tuple,
+                                                monkeypatch) -> None:
+    """Inference runs the C++ op; a call that autograd records runs the reference (the op has no backward)."""
+    calls = []
+    ops = torch.ops.avfused_ext
+    raw = getattr(ops, module.OP)
+    monkeypatch.setattr(ops, module.OP, lambda *args: calls.append(1) or raw(*args), raising=False)
+    with torch.no_grad():
+        module.ext(*inputs, *scalars)
+    assert calls == [1]
+    inputs[1].requires_grad_()
+    module.ext(*inputs, *scalars)
+    assert calls == [1]
+
+
+def check_float64_in_float64_out(module: ModuleType, inputs: list[torch.Tensor], scalars: tuple = ()) -> None:
+    """The extension computes in float32 but hands back the dtype it was given."""
+    from avfused import reference
+    from avfused.testing import assert_matches_reference
+
+    with torch.no_grad():
+        out = module.ext(*(t.double() for t in inputs), *scalars)
+    assert out.dtype == torch.float64
+    expected = getattr(reference, module.OP)(*(t.double() for t in inputs), *scalars)
+    assert_matches_reference(out.float(), expected)
+
+
+def opcheck_forward_only(module: ModuleType, inputs: list[torch.Tensor], scalars: tuple = ()) -> None:
+    """Schema, fake and autograd registration of ``avfused_ext::<op>`` (an inference op: no AOT tracing)."""
+    op = getattr(torch.ops.avfused_ext, module.OP).default
+    checks = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(op, [t.requires_grad_() for t in inputs] + list(scalars), test_utils=checks)

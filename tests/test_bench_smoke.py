@@ -249,3 +249,17 @@ def test_pytest_benchmark_suites_run_and_measure(tmp_path):
     expected = {f"{c.subject} {c.mode} batch {c.batch}" for c in plan_cases(SUBJECTS, MODES, (1, 2))}
     assert groups == expected
     assert all(entry["stats"]["rounds"] >= 2 and entry["extra_info"]["flops_per_clip"] > 0 for entry in measured)
+
+
+@pytest.mark.skipif(backends.unavailable_reason("cuda", "cpu") is not None, reason="the C++ extension is not built")
+def test_cpp_inference_times_the_folded_model_as_detect_runs_it():
+    """The cpp variant's inference is what auto's inference runs on the CPU (the folded copy); its training modes
+    and the baselines run the model as trained."""
+    from avfused.bench.variants import Implementations
+    from avfused.inference import FoldedNet
+    from avfused.model import SingleStreamNet
+
+    implementations = Implementations(quick_config(), torch.device("cpu"))
+    assert isinstance(implementations.model("cuda", "inference"), FoldedNet)
+    assert isinstance(implementations.model("cuda", "train_step"), SingleStreamNet)
+    assert isinstance(implementations.model("eager", "inference"), SingleStreamNet)

@@ -12,6 +12,7 @@ from avfused.errors import (
     InputShapeError,
     NonFiniteInputError,
 )
+from avfused.inputs import all_finite
 from tests.helpers import random_batch, tiny_config
 
 CONFIG = tiny_config()
@@ -86,3 +87,15 @@ def test_input_errors_are_value_errors(model):
     assert issubclass(InputError, ValueError)
     with pytest.raises(ValueError):
         model(*_bad("samples"))
+
+
+def test_all_finite_when_a_sum_of_finite_values_overflows():
+    """The one-pass check falls back to the element-wise one when the finite values overflow their sum."""
+    huge = torch.full((5,), 3e38)
+    assert not torch.isfinite(huge.sum()) and all_finite(huge)
+    huge[3] = float("nan")
+    assert not all_finite(huge)
+    half = torch.full((40_000,), 60_000.0, dtype=torch.float16)  # the float16 sum would overflow
+    assert all_finite(half)
+    half[-1] = float("-inf")
+    assert not all_finite(half)

@@ -126,7 +126,8 @@ def _legend(result: BenchResult) -> str:
         f"run (higher is better); peak MiB: {memory} of one call above the memory in use before it (inputs, "
         "weights and optimiser state excluded); mem / eager: that peak as a fraction of eager's; GFLOP/s and GB/s: "
         f"the work figures per clip x batch / median time; {roofline}; 1st call s: the first call, compilation "
-        "included. cpp = the cuda backend's C++ CPU path."
+        "included. cpp = the cuda backend's C++ CPU path; its model inference rows time the folded model "
+        "(avfused.inference, what avfused detect / eval run on the CPU), its training rows the model as trained."
     )
 
 

@@ -163,7 +163,7 @@ class _WorkFigures:
 
 def make_step(case: Case, variant: str, settings: Settings, implementations: Implementations) -> Callable:
     if case.subject == MODEL:
-        model = implementations.model(variant)
+        model = implementations.model(variant, case.mode)
         return model_step(model, settings.config, case.batch, settings.device, case.mode, amp=settings.amp)
     inputs = op_inputs(case.subject, settings.config, case.batch, settings.device)
     return op_step(implementations.op_function(case.subject, variant), inputs, case.mode, amp=settings.amp)

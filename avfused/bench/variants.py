@@ -7,7 +7,9 @@ variant_status(device) -> {variant: None when it runs here, else the reason}, st
 is never benchmarked: it exists for tests.
 
 Implementations(config, device) hands out the function of an op, or a model, for a variant, building
-each (and compiling it) once per run.
+each (and compiling it) once per run. A fused backend's inference on the CPU times the folded model
+(avfused.inference.inference_model: what ``avfused detect`` and ``eval`` run there); every other case the
+model as trained.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from avfused import backends, reference
 from avfused.bench.cases import build_model
 from avfused.config import ModelConfig
 from avfused.errors import BackendUnavailableError
+from avfused.inference import inference_model
 
 VARIANTS = ("eager", "compile", "triton", "cuda")
 FUSED = ("triton", "cuda")
@@ -79,9 +82,15 @@ class Implementations:
             self._functions[key] = fn
         return self._functions[key]
 
-    def model(self, variant: str) -> torch.nn.Module:
-        if variant not in self._models:
+    def model(self, variant: str, mode: str = "inference") -> torch.nn.Module:
+        """The model ``variant`` runs in ``mode``: for a fused backend's inference, what auto's inference runs
+        (the folded copy on the CPU); the baselines always run the reference model as it is."""
+        folds = variant in FUSED and mode == "inference" and self.device.type == "cpu"
+        key = (variant, folds)
+        if key not in self._models:
             backend = variant if variant in FUSED else "torch"
             model = build_model(self.config, backend, self.device)
-            self._models[variant] = torch.compile(model, dynamic=False) if variant == "compile" else model
-        return self._models[variant]
+            if folds:
+                model = inference_model(model.eval(), fold=True)
+            self._models[key] = torch.compile(model, dynamic=False) if variant == "compile" else model
+        return self._models[key]

@@ -8,7 +8,8 @@ its clip score reaches the threshold: by default the one calibrated on the valid
 file that cannot be read prints one line with the reason; the other files go on, and the exit status is 1.
 Options that cannot work (``--hop 0``, a threshold outside [0, 1], a device or forced backend that is not
 here) are one error before any file (exit status 2). A file shorter than a window is scored on a padded
-window, and its line says how much.
+window, and its line says how much. On the CPU the model runs as its inference-folded copy
+(avfused.inference: the same scores with fewer passes; ``--no-fold`` runs it as trained).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for files of many windows")
     parser.add_argument(
+        "--no-fold", action="store_true",
+        help="run the model as trained; by default CPU inference runs its folded copy (avfused.inference)",
+    )  # fmt: skip
+    parser.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -80,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from avfused.detect import check_hop, default_threads, detect_file
     from avfused.errors import ConfigError
     from avfused.evaluate import check_threshold, resolve_device
+    from avfused.inference import inference_model
     from avfused.training.threads import set_threads
 
     check_hop(args.hop)
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     device = resolve_device(args.device)
     resolve_backend(args.backend, device)  # a forced backend that cannot run: one error, not one per file
-    model = load_model(args.checkpoint, args.backend, device)
+    model = inference_model(load_model(args.checkpoint, args.backend, device), fold=False if args.no_fold else None)
     faces = args.faces or (checkpoint.state.get("data") or {}).get("faces", "none")
     spec = ClipSpec.from_config(checkpoint.config, faces=faces)
     decision = decision_threshold(checkpoint)

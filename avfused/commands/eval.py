@@ -11,6 +11,7 @@ the validation split in training (ACC@cal; see avfused.calibration): neither is 
 checkpoint without calibrated thresholds (written before avfused stored them) shows ACC@0.5 only, with a note.
 Writes a table to the terminal, ``<out>/eval-<subset>.json`` (metrics and per-video scores) and
 ``<out>/roc-<subset>.png``; ``<out>`` defaults to the checkpoint's folder.
+On the CPU the model runs as its inference-folded copy (avfused.inference; ``--no-fold``: as trained).
 
 Several checkpoints (one per fold of a split file): each is scored on its own fold, then a table of the
 mean ± std over the folds; ``<out>/eval-folds-<subset>.json`` (default: the checkpoints' common folder)
@@ -107,6 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
     parser.add_argument("--backend", default="auto", help="kernels: auto, torch, triton, cuda")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
+    parser.add_argument(
+        "--no-fold", action="store_true",
+        help="run the model as trained; by default CPU inference runs its folded copy (avfused.inference)",
+    )  # fmt: skip
     parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto", help="bf16 autocast (auto: GPUs)")
     parser.add_argument(
         "--out", default=None,
@@ -214,6 +219,7 @@ def _evaluate_checkpoint(checkpoint_path: str, args: argparse.Namespace, device,
     from avfused.data.decode import ClipSpec
     from avfused.errors import ConfigError
     from avfused.evaluate import predict
+    from avfused.inference import inference_model
     from avfused.training.data import split_datasets
 
     checkpoint = load_checkpoint(checkpoint_path)
@@ -225,7 +231,7 @@ def _evaluate_checkpoint(checkpoint_path: str, args: argparse.Namespace, device,
         if seen:
             raise ConfigError(f"test methods {sorted(seen)} were trained on; cross-manipulation needs unseen ones")
     silence_cue = args.silence_cue or trained_on.get("silence_cue", "keep")
-    model = load_model(checkpoint_path, args.backend, device)
+    model = inference_model(load_model(checkpoint_path, args.backend, device), fold=False if args.no_fold else None)
     spec = ClipSpec.from_config(checkpoint.config, faces=args.faces or trained_on.get("faces", "none"))
     names = _subsets(args.subset)
     methods = dict.fromkeys(names, args.test_methods)

@@ -117,3 +117,35 @@ def reference_on_gpu(op: str):
         op,
     )
     return getattr(reference, op)
+
+
+# ---------------------------------------------------------------------------------------------
+# forward-only extension ops (CPU inference kernels of the folded model, avfused.inference)
+# ---------------------------------------------------------------------------------------------
+def forward_only_ext(op: str, tensors: tuple[Tensor, ...], *scalars: object) -> Tensor:
+    """Run ``avfused_ext::<op>`` (a C++ CPU forward) on float32 copies of ``tensors`` and ``scalars``, cast back
+    to the first tensor's dtype; CUDA tensors and calls that autograd records run ``reference.<op>``."""
+    if tensors[0].device.type == "cuda":
+        return reference_on_gpu(op)(*tensors, *scalars)
+    if autograd_records(*tensors):  # the op's backward would recompute through the reference anyway
+        return getattr(reference, op)(*tensors, *scalars)
+    out = getattr(torch.ops.avfused_ext, op)(*(t.float() for t in tensors), *scalars)
+    return out.to(tensors[0].dtype)
+
+
+def register_forward_only_ext(op: str, fake) -> None:
+    """The fake of ``avfused_ext::<op>`` and its autograd: the gradient recomputes through ``reference.<op>``
+    (the kernel has no backward), for the tensor inputs; the scalar ones get None."""
+    torch.library.register_fake(f"avfused_ext::{op}")(fake)
+    reference_fn = getattr(reference, op)
+
+    def setup_context(ctx, inputs, output):
+        ctx.count = sum(isinstance(value, torch.Tensor) for value in inputs)
+        ctx.scalars = inputs[ctx.count :]
+        ctx.save_for_backward(*inputs[: ctx.count])
+
+    def backward(ctx, grad_out):
+        _, vjp = torch.func.vjp(lambda *tensors: reference_fn(*tensors, *ctx.scalars), *ctx.saved_tensors)
+        return (*vjp(grad_out), *([None] * len(ctx.scalars)))
+
+    torch.library.register_autograd(f"avfused_ext::{op}", backward, setup_context=setup_context)

@@ -1,0 +1,65 @@
+"""``video_expand_residual``: the SAAVM's way back for video with the batch norm after it folded.
+
+    video_expand_residual(video (B*T, C, H, W), tokens (B, T * ceil(H/w) * ceil(W/w), w*w),
+                          weight (C, 1, 3, 3), bias (C,), scale (C,), window w) -> (B*T, C, H, W)
+        = scale * video + bias + Conv2d(1 -> C, 3x3, 'same')(the tokens laid back as maps)
+
+The same function as ``avfused.reference.video_expand_residual`` (the folded SAAVM's, avfused.inference).
+One backend:
+
+* ``ext`` -- the op ``avfused_ext::video_expand_residual``: a C++ CPU forward for inference
+  (csrc/video_expand_residual/), one pass over the video. Where autograd records, and on CUDA tensors, the
+  wrapper runs the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from avfused.errors import InputShapeError
+from avfused.ops._common import (
+    EXT_REASONS,
+    check_non_empty,
+    check_rank,
+    check_shape,
+    check_tensors,
+    forward_only_ext,
+    register_forward_only_ext,
+)
+
+Tensor = torch.Tensor
+OP = "video_expand_residual"
+EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+
+
+def check_inputs(backend: str, video: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor,
+                 window: int) -> None:
+    """The op's one validator: named errors before any kernel runs."""
+    check_tensors(OP, backend, video=video, tokens=tokens, weight=weight, bias=bias, scale=scale)
+    check_rank(OP, "video", video, 4, "(B*T, C, H, W)")
+    check_non_empty(OP, "video", video, "(B*T, C, H, W)", "images")
+    check_rank(OP, "tokens", tokens, 3, "(B, T * windows, window**2)")
+    check_non_empty(OP, "tokens", tokens, "(B, T * windows, window**2)", "clips")
+    images, channels, height, width = video.shape
+    if window < 1 or images % tokens.shape[0]:
+        raise InputShapeError(f"{OP}: {images} images are not whole clips of the {tokens.shape[0]} clips of tokens "
+                              f"(or window={window} < 1)")
+    windows = (images // tokens.shape[0]) * -(-height // window) * -(-width // window)
+    check_shape(OP, "tokens", tokens, (tokens.shape[0], windows, window * window), "(B, T * windows, window**2)")
+    check_shape(OP, "weight", weight, (channels, 1, 3, 3), "(C, 1, 3, 3)")
+    check_shape(OP, "bias", bias, (channels,), "(C,)")
+    check_shape(OP, "scale", scale, (channels,), "(C,)")
+
+
+def ext(video: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor, window: int) -> Tensor:
+    """The extension backend of the op; returns video's dtype (computed in float32)."""
+    check_inputs("ext", video, tokens, weight, bias, scale, window)
+    return forward_only_ext(OP, (video, tokens, weight, bias, scale), window)
+
+
+def _fake(video, tokens, weight, bias, scale, window):
+    return video.new_empty(video.shape)
+
+
+if EXT_REASONS["cpu"] is None:
+    register_forward_only_ext(OP, _fake)

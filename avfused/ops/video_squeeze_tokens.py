@@ -1,0 +1,64 @@
+"""``video_squeeze_tokens``: the SAAVM's video squeeze (dw3x3 + ReLU + 1x1 to one channel) straight into tokens.
+
+    video_squeeze_tokens(video (B*T, C, H, W), dw_weight (C, 1, 3, 3), dw_bias (C,), weight (1, C), bias (1,),
+                         frames T, window w) -> (B, T * ceil(H/w) * ceil(W/w), w*w)
+
+The same function as ``avfused.reference.video_squeeze_tokens`` (the folded SAAVM's, avfused.inference: its
+batch norm is in dw_weight and dw_bias). One backend:
+
+* ``ext`` -- the op ``avfused_ext::video_squeeze_tokens``: a C++ CPU forward for inference
+  (csrc/video_squeeze_tokens/) that writes neither the (B*T, C, H, W) hidden layer nor the map. Where
+  autograd records, and on CUDA tensors, the wrapper runs the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from avfused.errors import InputShapeError
+from avfused.ops._common import (
+    EXT_REASONS,
+    check_non_empty,
+    check_rank,
+    check_shape,
+    check_tensors,
+    forward_only_ext,
+    register_forward_only_ext,
+)
+
+Tensor = torch.Tensor
+OP = "video_squeeze_tokens"
+EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+
+
+def check_inputs(backend: str, video: Tensor, dw_weight: Tensor, dw_bias: Tensor, weight: Tensor, bias: Tensor,
+                 frames: int, window: int) -> None:
+    """The op's one validator: named errors before any kernel runs."""
+    check_tensors(OP, backend, video=video, dw_weight=dw_weight, dw_bias=dw_bias, weight=weight, bias=bias)
+    check_rank(OP, "video", video, 4, "(B*T, C, H, W)")
+    check_non_empty(OP, "video", video, "(B*T, C, H, W)", "images")
+    channels = video.shape[1]
+    check_shape(OP, "dw_weight", dw_weight, (channels, 1, 3, 3), "(C, 1, 3, 3)")
+    check_shape(OP, "dw_bias", dw_bias, (channels,), "(C,)")
+    check_shape(OP, "weight", weight, (1, channels), "(1, C)")
+    check_shape(OP, "bias", bias, (1,), "(1,)")
+    if frames < 1 or window < 1 or video.shape[0] % frames:
+        raise InputShapeError(
+            f"{OP}: {video.shape[0]} images must be whole clips of frames={frames} frames, and window={window} >= 1"
+        )
+
+
+def ext(video: Tensor, dw_weight: Tensor, dw_bias: Tensor, weight: Tensor, bias: Tensor, frames: int,
+        window: int) -> Tensor:
+    """The extension backend of the op; returns video's dtype (computed in float32)."""
+    check_inputs("ext", video, dw_weight, dw_bias, weight, bias, frames, window)
+    return forward_only_ext(OP, (video, dw_weight, dw_bias, weight, bias), frames, window)
+
+
+def _fake(video, dw_weight, dw_bias, weight, bias, frames, window):
+    windows = -(-video.shape[2] // window) * -(-video.shape[3] // window)
+    return video.new_empty((video.shape[0] // frames, frames * windows, window * window))
+
+
+if EXT_REASONS["cpu"] is None:
+    register_forward_only_ext(OP, _fake)

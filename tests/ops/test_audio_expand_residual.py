@@ -1,0 +1,119 @@
+"""audio_expand_residual, the extension's C++ kernel against the float64 reference.
+
+A CPU forward for inference (no Triton or CUDA kernel): its gradients are checked on the raw op
+``avfused_ext::audio_expand_residual``, whose autograd recomputes through the reference.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avfused import reference
+from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
+from avfused.ops import audio_expand_residual
+from tests.helpers import (
+    EXT_CPU,
+    EXT_CUDA,
+    check_float64_in_float64_out,
+    check_forward_only_ext,
+    check_wrapper_runs_reference_under_autograd,
+    opcheck_forward_only,
+)
+
+NAMES = ("audio", "tokens", "weight", "bias", "scale")
+
+
+def make_inputs(clips, channels, length, frames, token_dim, kernel=33, device="cpu"):
+    return [
+        torch.randn(clips, channels, length, device=device),
+        torch.randn(clips, frames, token_dim, device=device),
+        torch.randn(channels, 1, kernel, device=device) / kernel**0.5,
+        0.1 * torch.randn(channels, device=device),
+        torch.randn(channels, device=device),
+    ]
+
+
+# (clips, channels, length, frames, token_dim, kernel): lengths that are no whole vectors, fewer
+# positions than token values (interpolation down), a signal shorter than the kernel, the model's
+# longest stage-0 signal, one and three clips
+SHAPES = [
+    (1, 5, 301, 3, 49, 33),
+    (3, 8, 1100, 2, 49, 33),
+    (1, 3, 7, 2, 5, 9),
+    (3, 9, 45, 4, 16, 7),
+    (1, 2, 12000, 10, 49, 33),
+]
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_matches_float64(target, shape, narrow, monkeypatch):
+    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
+        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+    check_forward_only_ext(audio_expand_residual, make_inputs(*shape), (), NAMES)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_non_contiguous_inputs(target):
+    """Audio as a transposed view, and the audio tokens as the model passes them: a slice of all the tokens."""
+    inputs = make_inputs(2, 4, 130, 3, 49)
+    inputs[0] = torch.randn(2, 130, 4).transpose(1, 2)
+    inputs[1] = torch.cat([torch.randn(2, 5, 49), inputs[1]], dim=1)[:, -3:]
+    assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous()
+    check_forward_only_ext(audio_expand_residual, inputs, (), NAMES)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_bad_inputs_raise_named_errors(target):
+    audio, tokens, weight, bias, scale = make_inputs(2, 4, 50, 2, 7)
+    op = audio_expand_residual.ext
+    with pytest.raises(InputRankError, match="audio"):
+        op(audio[0], tokens, weight, bias, scale)
+    with pytest.raises(InputShapeError, match="tokens"):
+        op(audio, tokens[:1], weight, bias, scale)
+    with pytest.raises(InputShapeError, match="weight"):
+        op(audio, tokens, weight[:3], bias, scale)
+    with pytest.raises(InputShapeError, match="odd"):
+        op(audio, tokens, weight[..., :4], bias, scale)
+    with pytest.raises(InputShapeError, match="scale"):
+        op(audio, tokens, weight, bias, scale[:3])
+    with pytest.raises(InputShapeError, match="tokens"):
+        op(audio, tokens[:, :0], weight, bias, scale)
+    with pytest.raises(InputDtypeError, match="int32"):
+        op(audio, tokens, weight, bias.to(torch.int32), scale)
+    with pytest.raises(InputDeviceError, match="meta"):
+        op(audio.to("meta"), tokens, weight, bias, scale)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_float64_inputs_give_float64_outputs(target):
+    check_float64_in_float64_out(audio_expand_residual, make_inputs(1, 3, 80, 2, 7))
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_wrapper_runs_the_reference_where_autograd_records(target, monkeypatch):
+    check_wrapper_runs_reference_under_autograd(audio_expand_residual, make_inputs(1, 3, 80, 2, 7), (), monkeypatch)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_opcheck(target):
+    opcheck_forward_only(audio_expand_residual, make_inputs(2, 3, 40, 2, 5, 7))
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_raw_op_rejects_bad_inputs_with_runtime_errors(target):
+    """Called directly, the C++ checks answer with RuntimeError (TORCH_CHECK), not a crash."""
+    audio, tokens, weight, bias, scale = make_inputs(2, 4, 50, 2, 7)
+    with pytest.raises(RuntimeError, match="tokens"):
+        torch.ops.avfused_ext.audio_expand_residual(audio, tokens[:1], weight, bias, scale)
+    with pytest.raises(RuntimeError, match="odd"):
+        torch.ops.avfused_ext.audio_expand_residual(audio, tokens, weight[..., :4].contiguous(), bias, scale)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_tensors_run_the_reference(target):
+    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
+    inputs = make_inputs(2, 8, 300, 3, 49, device="cuda")
+    torch.testing.assert_close(audio_expand_residual.ext(*inputs), reference.audio_expand_residual(*inputs))

@@ -1,0 +1,122 @@
+"""audio_squeeze_tokens, the extension's C++ kernel against the float64 reference.
+
+A CPU forward for inference (no Triton or CUDA kernel): its gradients are checked on the raw op
+``avfused_ext::audio_squeeze_tokens``, whose autograd recomputes through the reference.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avfused import reference
+from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
+from avfused.ops import audio_squeeze_tokens
+from tests.helpers import (
+    EXT_CPU,
+    EXT_CUDA,
+    check_float64_in_float64_out,
+    check_forward_only_ext,
+    check_wrapper_runs_reference_under_autograd,
+    opcheck_forward_only,
+)
+
+NAMES = ("audio", "weight", "bias", "to_one", "to_one_bias")
+
+
+def make_inputs(clips, channels, length, kernel=3, to_one_kernel=33, device="cpu"):
+    return [
+        torch.randn(clips, channels, length, device=device),
+        torch.randn(channels, channels, kernel, device=device) / (channels * kernel) ** 0.5,
+        0.1 * torch.randn(channels, device=device),
+        torch.randn(1, channels, to_one_kernel, device=device) / (channels * to_one_kernel) ** 0.5,
+        0.1 * torch.randn(1, device=device),
+    ]
+
+
+# (clips, channels, length, K1, K2, frames, token_dim): lengths that split into no whole tiles or
+# vectors, fewer positions than token values, a signal shorter than the kernel, one and three clips
+SHAPES = [
+    (1, 5, 301, 3, 33, 3, 49),
+    (3, 8, 1100, 3, 33, 2, 49),
+    (1, 3, 7, 3, 9, 2, 5),
+    (3, 9, 45, 5, 7, 4, 16),
+    (1, 16, 700, 3, 33, 10, 49),
+]
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_matches_float64(target, shape, narrow, monkeypatch):
+    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
+        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+    *sizes, frames, token_dim = shape
+    check_forward_only_ext(audio_squeeze_tokens, make_inputs(*sizes), (frames, token_dim), NAMES)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_non_contiguous_inputs(target):
+    inputs = make_inputs(2, 4, 130)
+    inputs[0] = torch.randn(2, 130, 4).transpose(1, 2)
+    inputs[1] = inputs[1].transpose(0, 1).contiguous().transpose(0, 1)
+    assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous()
+    check_forward_only_ext(audio_squeeze_tokens, inputs, (3, 7), NAMES)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_bad_inputs_raise_named_errors(target):
+    audio, weight, bias, to_one, to_one_bias = make_inputs(1, 4, 50)
+    op = audio_squeeze_tokens.ext
+    with pytest.raises(InputRankError, match="audio"):
+        op(audio[0], weight, bias, to_one, to_one_bias, 2, 7)
+    with pytest.raises(InputShapeError, match="weight"):
+        op(audio, weight[:3], bias, to_one, to_one_bias, 2, 7)
+    with pytest.raises(InputShapeError, match="odd"):
+        op(audio, weight[..., :2], bias, to_one, to_one_bias, 2, 7)
+    with pytest.raises(InputShapeError, match="to_one"):
+        op(audio, weight, bias, to_one[:, :3], to_one_bias, 2, 7)
+    with pytest.raises(InputShapeError, match="to_one_bias"):
+        op(audio, weight, bias, to_one, torch.randn(2), 2, 7)
+    with pytest.raises(InputShapeError, match="frames"):
+        op(audio, weight, bias, to_one, to_one_bias, 0, 7)
+    with pytest.raises(InputShapeError, match="audio"):
+        op(audio[:, :, :0], weight, bias, to_one, to_one_bias, 2, 7)
+    with pytest.raises(InputDtypeError, match="int32"):
+        op(audio, weight.to(torch.int32), bias, to_one, to_one_bias, 2, 7)
+    with pytest.raises(InputDeviceError, match="meta"):
+        op(audio, weight, bias, to_one.to("meta"), to_one_bias, 2, 7)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_float64_inputs_give_float64_outputs(target):
+    check_float64_in_float64_out(audio_squeeze_tokens, make_inputs(1, 3, 80), (2, 7))
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_wrapper_runs_the_reference_where_autograd_records(target, monkeypatch):
+    check_wrapper_runs_reference_under_autograd(audio_squeeze_tokens, make_inputs(1, 3, 80), (2, 7), monkeypatch)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_opcheck(target):
+    opcheck_forward_only(audio_squeeze_tokens, make_inputs(2, 3, 40, 3, 7), (2, 5))
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_raw_op_rejects_bad_inputs_with_runtime_errors(target):
+    """Called directly, the C++ checks answer with RuntimeError (TORCH_CHECK), not a crash."""
+    audio, weight, bias, to_one, to_one_bias = make_inputs(1, 4, 50)
+    with pytest.raises(RuntimeError, match="to_one"):
+        torch.ops.avfused_ext.audio_squeeze_tokens(audio, weight, bias, to_one[:, :3], to_one_bias, 2, 7)
+    with pytest.raises(RuntimeError, match="odd"):
+        torch.ops.avfused_ext.audio_squeeze_tokens(audio, weight[..., :2].contiguous(), bias, to_one, to_one_bias,
+                                                   2, 7)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_tensors_run_the_reference(target):
+    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
+    inputs = make_inputs(2, 8, 300, device="cuda")
+    expected = reference.audio_squeeze_tokens(*inputs, 3, 49)
+    torch.testing.assert_close(audio_squeeze_tokens.ext(*inputs, 3, 49), expected)
