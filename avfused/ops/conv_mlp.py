@@ -9,9 +9,12 @@ The same function as ``avfused.reference.conv_mlp``, in two backends, both on th
 * ``triton`` -- the op ``avfused_triton::conv_mlp``: the forward in one Triton kernel
   (kernels/conv_mlp.py). Its backward recomputes the hidden layer in chunks of expanded channels with
   torch convolutions, so at most (N, chunk, H, W) of the (N, E, H, W) tensor exists at once.
-* ``ext`` -- the op ``avfused_ext::conv_mlp``: a fused C++ forward for CPU inference (csrc/conv_mlp/).
-  As for large_kernel_attention, where autograd records the wrapper runs the reference, and CUDA
-  tensors run the reference (logged once).
+* ``ext`` -- the op ``avfused_ext::conv_mlp`` and its backward op ``avfused_ext::conv_mlp_backward``:
+  C++ kernels fused per image (csrc/conv_mlp/; float32), a few expanded channels at a time. The forward
+  keeps only x for the backward, which recomputes the hidden layer the same way, so the (N, E, H, W)
+  expansion never exists whole in either direction. The wrapper runs these ops in training too: their
+  forward + backward measured faster than the reference's autograd (benchmarks/results). CUDA tensors run
+  the reference (logged once): there is no CUDA kernel yet.
 """
 
 from __future__ import annotations
@@ -19,11 +22,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from avfused import reference
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
     EXT_REASONS,
-    autograd_records,
     check_non_empty,
     check_rank,
     check_shape,
@@ -55,11 +56,6 @@ def check_inputs(backend: str, x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tens
     check_shape(OP, "w_dw", w_dw, (e, 1, 3, 3), "(E, 1, 3, 3)")
     for name, bias, size, layout in (("b_in", b_in, e, "(E,)"), ("b_dw", b_dw, e, "(E,)"), ("b_out", b_out, c, "(C,)")):
         check_shape(OP, name, bias, (size,), layout)
-
-
-def reference_flat(x, w_in, b_in, w_dw, b_dw, w_out, b_out):
-    """reference.conv_mlp on the op's flattened depthwise weight (w_dw (E, 9))."""
-    return reference.conv_mlp(x, w_in, b_in, w_dw.reshape(-1, 1, 3, 3), b_dw, w_out, b_out)
 
 
 def _flat_weights(x: Tensor, w_in: Tensor, w_dw: Tensor, w_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,29 +154,35 @@ def triton(x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_
 def ext(x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:
     """The extension backend of the op; returns x's dtype (computed in float32)."""
     check_inputs("ext", x, w_in, b_in, w_dw, b_dw, w_out, b_out)
-    if x.device.type == "cuda":
+    cuda = x.device.type == "cuda"
+    if cuda:
         return reference_on_gpu(OP)(x, w_in, b_in, w_dw, b_dw, w_out, b_out)
-    if autograd_records(x, w_in, b_in, w_dw, b_dw, w_out, b_out):  # as in large_kernel_attention
-        return reference.conv_mlp(x, w_in, b_in, w_dw, b_dw, w_out, b_out)
     w_in, w_dw, w_out = _flat_weights(x, w_in, w_dw, w_out)
-    out = torch.ops.avfused_ext.conv_mlp(*(t.float() for t in (x, w_in, b_in, w_dw, b_dw, w_out, b_out)))
+    weights = (t.float() for t in (w_in, b_in, w_dw, b_dw, w_out, b_out))
+    out = torch.ops.avfused_ext.conv_mlp(x.float(), *weights)
     return out.to(x.dtype)
 
 
 def _register_ext() -> None:
-    """Fake and autograd of the extension's op (its schema and CPU kernel come from csrc/)."""
+    """Fakes and autograd of the extension's ops (their schemas and kernels come from csrc/)."""
 
     @torch.library.register_fake("avfused_ext::conv_mlp")
     def _(x, w_in, b_in, w_dw, b_dw, w_out, b_out):
         return x.new_empty(x.shape)
 
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+    @torch.library.register_fake("avfused_ext::conv_mlp_backward")
+    def _(grad, x, w_in, b_in, w_dw, b_dw, w_out):
+        return (
+            x.new_empty(x.shape), w_in.new_empty(w_in.shape), b_in.new_empty(b_in.shape), w_dw.new_empty(w_dw.shape),
+            b_dw.new_empty(b_dw.shape), w_out.new_empty(w_out.shape), w_out.new_empty(w_out.shape[0]),
+        )  # fmt: skip
 
-    # No C++ backward (the kernel targets CPU inference): the gradient recomputes through the reference.
+    def setup_context(ctx, inputs, output):
+        x, w_in, b_in, w_dw, b_dw, w_out, _ = inputs  # b_out's gradient is grad's sum: b_out is not needed
+        ctx.save_for_backward(x, w_in, b_in, w_dw, b_dw, w_out)
+
     def backward(ctx, grad_out):
-        _, vjp = torch.func.vjp(reference_flat, *ctx.saved_tensors)
-        return vjp(grad_out)
+        return torch.ops.avfused_ext.conv_mlp_backward(grad_out, *ctx.saved_tensors)
 
     torch.library.register_autograd("avfused_ext::conv_mlp", backward, setup_context=setup_context)
 

@@ -1,8 +1,7 @@
 """conv_mlp, every backend against the float64 reference: forward and every gradient.
 
-As for large_kernel_attention, the extension's kernel is a fused C++ forward for CPU inference: its
-gradients are checked on the raw op ``avfused_ext::conv_mlp``, whose autograd recomputes through the
-reference.
+As for large_kernel_attention, the extension's ops (``avfused_ext::conv_mlp`` and its ``_backward``) run
+C++ kernels on the CPU, in training too; CUDA tensors run the reference.
 """
 
 from __future__ import annotations
@@ -34,24 +33,15 @@ def make_inputs(images, channels, expanded, height, width, conv_1x1=False, devic
     ]
 
 
-def raw_ext_op(x, w_in, b_in, w_dw, b_dw, w_out, b_out):
-    """The raw op (C++ forward, backward through the reference) on the module's weight shapes."""
-    c, e = x.shape[1], w_in.shape[0]
-    return ext_ops.conv_mlp(x, w_in.reshape(e, c), b_in, w_dw.reshape(e, 9), b_dw, w_out.reshape(c, e), b_out)
-
-
 def check(target, inputs):
-    """Triton: the wrapper, forward and gradients. ext: the wrapper's inference forward, then the raw op."""
+    """The wrapper's forward and every gradient; for ext also its inference (no autograd) forward."""
     fn = target.op(conv_mlp)
-    if target.backend == "triton":
-        check_against_reference(fn, reference.conv_mlp, inputs, NAMES)
-        return
-    with torch.no_grad():
-        out = fn(*inputs)
-    assert out.dtype == inputs[0].dtype
-    assert_matches_reference(out, reference.conv_mlp(*(t.double() for t in inputs)), name="forward")
-    if target.device == "cpu":
-        check_against_reference(raw_ext_op, reference.conv_mlp, inputs, NAMES)
+    if target.backend == "ext":
+        with torch.no_grad():
+            out = fn(*inputs)
+        assert out.dtype == inputs[0].dtype
+        assert_matches_reference(out, reference.conv_mlp(*(t.double() for t in inputs)), name="forward")
+    check_against_reference(fn, reference.conv_mlp, inputs, NAMES)
 
 
 @pytest.fixture
@@ -73,12 +63,14 @@ def test_matches_float64(target, shape, small_triton_backward_chunks):
     check(target, make_inputs(*shape, device=target.device))
 
 
-@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("lanes", ["best-isa", "8-lane", "16-lane"])
 @pytest.mark.parametrize("shape", EXT_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_ext_cpu_paths_match_float64(target, shape, narrow, monkeypatch):
-    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
+def test_ext_cpu_paths_match_float64(target, shape, lanes, monkeypatch):
+    if lanes == "8-lane":  # the AVX2 / baseline code path, also on AVX-512 machines
         monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+    if lanes == "16-lane":  # the 16-lane code, built for the baseline ISA where the CPU lacks AVX-512
+        monkeypatch.setenv("AVFUSED_CPU_PORTABLE_WIDE", "1")
     check(target, make_inputs(*shape))
 
 
@@ -130,18 +122,20 @@ def test_ext_float64_inputs_give_float64_outputs(target):
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_ext_wrapper_runs_the_reference_where_autograd_records(target, monkeypatch):
-    """Training takes the reference (the op's backward would recompute through it anyway); inference the C++."""
-    calls = []
-    raw = ext_ops.conv_mlp
-    monkeypatch.setattr(ext_ops, "conv_mlp", lambda *args: calls.append(1) or raw(*args), raising=False)
-    inputs = make_inputs(1, 3, 12, 6, 5)
-    with torch.no_grad():
-        conv_mlp.ext(*inputs)
-    assert calls == [1]
-    inputs[1].requires_grad_()
-    conv_mlp.ext(*inputs)
-    assert calls == [1]
+def test_ext_trains_through_its_own_kernels(target, monkeypatch):
+    """Forward and backward run the extension's ops, never the reference (which would be slower)."""
+    inputs = make_inputs(2, 3, 12, 6, 5, device=target.device)
+    want = reference.conv_mlp(*(t.double() for t in inputs))
+
+    def refuse(*args):
+        raise AssertionError("the reference ran")
+
+    monkeypatch.setattr(reference, "conv_mlp", refuse)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = conv_mlp.ext(*leaves)
+    out.sum().backward()
+    assert_matches_reference(out, want)
+    assert all(leaf.grad is not None for leaf in leaves)
 
 
 def flat_args(target):
@@ -158,6 +152,9 @@ def test_triton_opcheck(target):
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_ext_opcheck(target):
     torch.library.opcheck(ext_ops.conv_mlp.default, [t.requires_grad_() for t in flat_args(target)])
+    x, w_in, b_in, w_dw, b_dw, w_out, _ = flat_args(target)
+    grad = torch.randn_like(x)
+    torch.library.opcheck(ext_ops.conv_mlp_backward.default, [grad, x, w_in, b_in, w_dw, b_dw, w_out])
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -166,11 +163,13 @@ def test_ext_raw_op_rejects_bad_inputs_with_runtime_errors(target):
     x, w_in, b_in, w_dw, b_dw, w_out, b_out = make_inputs(1, 3, 12, 4, 5)
     with pytest.raises(RuntimeError, match="w_out"):
         ext_ops.conv_mlp(x, w_in, b_in, w_dw.reshape(12, 9), b_dw, w_out[:, :5], b_out)
+    with pytest.raises(RuntimeError, match="grad"):
+        ext_ops.conv_mlp_backward(x[:, :2], x, w_in, b_in, w_dw.reshape(12, 9), b_dw, w_out)
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_ext_compiled_fullgraph_matches_eager(target):
-    inputs = make_inputs(2, 4, 16, 6, 5)
+    inputs = make_inputs(2, 4, 16, 6, 5, device=target.device)
     compiled = torch.compile(conv_mlp.ext, fullgraph=True, backend="aot_eager")
     leaves = [t.clone().requires_grad_() for t in inputs]
     eager_leaves = [t.clone().requires_grad_() for t in inputs]
