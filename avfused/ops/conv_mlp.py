@@ -9,12 +9,14 @@ The same function as ``avfused.reference.conv_mlp``, in two backends, both on th
 * ``triton`` -- the op ``avfused_triton::conv_mlp``: the forward in one Triton kernel
   (kernels/conv_mlp.py). Its backward recomputes the hidden layer in chunks of expanded channels with
   torch convolutions, so at most (N, chunk, H, W) of the (N, E, H, W) tensor exists at once.
-* ``ext`` -- the op ``avfused_ext::conv_mlp`` and its backward op ``avfused_ext::conv_mlp_backward``:
-  C++ kernels fused per image (csrc/conv_mlp/; float32), a few expanded channels at a time. The forward
-  keeps only x for the backward, which recomputes the hidden layer the same way, so the (N, E, H, W)
-  expansion never exists whole in either direction. The wrapper runs these ops in training too: their
-  forward + backward measured faster than the reference's autograd (benchmarks/results). CUDA tensors run
-  the reference (logged once): there is no CUDA kernel yet.
+* ``ext`` -- the op ``avfused_ext::conv_mlp`` and its backward op ``avfused_ext::conv_mlp_backward``
+  (csrc/conv_mlp/). CPU: fused per image in C++ (float32), a few expanded channels at a time; CUDA: one
+  kernel per tile of every channel, the expanded channels in chunks in shared memory (float32, float16 and
+  bfloat16 activations, float32 accumulation and weights; C <= EXT_CUDA_MAX_CHANNELS, any E; wider maps run
+  the reference, logged once). The forward keeps only x for the backward, which recomputes the hidden
+  layer the same way, so the (N, E, H, W) expansion never exists whole in either direction. The wrapper
+  runs these ops in training too: on the CPU their forward + backward measured faster than the
+  reference's autograd and than torch.compile of it at every stage shape of the small model.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from avfused.ops._common import (
 
 Tensor = torch.Tensor
 OP = "conv_mlp"
-EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
+EXT_CUDA_MAX_CHANNELS = 256  # the CUDA kernels keep every channel of a tile in shared memory (wider: the reference)
+EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for x
 TRITON_MAX_CHANNELS = 256  # the Triton kernel holds all channels of a pixel in registers
 # elements of one (N, chunk, H, W) hidden tensor in Triton's backward: 4M floats = 16 MB
 BACKWARD_CHUNK_ELEMENTS = 1 << 22
@@ -155,11 +159,12 @@ def ext(x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out
     """The extension backend of the op; returns x's dtype (computed in float32)."""
     check_inputs("ext", x, w_in, b_in, w_dw, b_dw, w_out, b_out)
     cuda = x.device.type == "cuda"
-    if cuda:
+    if cuda and x.shape[1] > EXT_CUDA_MAX_CHANNELS:
         return reference_on_gpu(OP)(x, w_in, b_in, w_dw, b_dw, w_out, b_out)
     w_in, w_dw, w_out = _flat_weights(x, w_in, w_dw, w_out)
+    activations = x.dtype if cuda and x.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
     weights = (t.float() for t in (w_in, b_in, w_dw, b_dw, w_out, b_out))
-    out = torch.ops.avfused_ext.conv_mlp(x.float(), *weights)
+    out = torch.ops.avfused_ext.conv_mlp(x.to(activations), *weights)
     return out.to(x.dtype)
 
 

@@ -11,11 +11,14 @@ flattened weights (w5 (C, 25), w7 (C, 49), w1 (C, C)):
   (N, C, H, W) tensors), and the backward op recomputes the two depthwise stages (the first with the
   Triton kernel) and does the rest with torch convolutions.
 * ``ext`` -- the op ``avfused_ext::large_kernel_attention`` and its backward op
-  ``avfused_ext::large_kernel_attention_backward``: C++ kernels fused per image (csrc/large_kernel_attention/;
-  float32). Neither writes the dw5x5 context to memory; the forward keeps only p for the backward, which
-  recomputes the context per image. The wrapper runs these ops in training too: their forward + backward
-  measured faster than the reference's autograd (benchmarks/results). CUDA tensors run the reference
-  (logged once): there is no CUDA kernel yet.
+  ``avfused_ext::large_kernel_attention_backward`` (csrc/large_kernel_attention/). CPU: fused per image in
+  C++ (float32); CUDA: one kernel per tile of every channel, the tile and its halo staged in shared memory
+  (float32, float16 and bfloat16 activations, float32 accumulation and weights; C <= EXT_CUDA_MAX_CHANNELS,
+  wider maps run the reference, logged once). Neither writes the dw5x5 context to memory; the forward keeps
+  only p for the backward, which recomputes the context per image (CPU) or tile (CUDA); the CUDA backward
+  writes one float32 (N, C, H, W) workspace (the 1x1's input gradient), in chunks of images no larger than
+  p. The wrapper runs these ops in training too: on the CPU their forward + backward measured faster than
+  the reference's autograd and than torch.compile of it at every stage shape of the small model.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from avfused.ops._common import (
 
 Tensor = torch.Tensor
 OP = "large_kernel_attention"
-EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
+EXT_CUDA_MAX_CHANNELS = 512  # the CUDA kernels keep every channel of a tile in shared memory (wider: the reference)
+EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for p
 TRITON_MAX_CHANNELS = 256  # the Triton kernel holds all channels of a pixel in registers
 
 
@@ -139,11 +144,12 @@ def ext(p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor, b
     """The extension backend of the op; returns p's dtype (computed in float32)."""
     check_inputs("ext", p, w5, b5, w7, b7, w1, b1)
     cuda = p.device.type == "cuda"
-    if cuda:
+    if cuda and p.shape[1] > EXT_CUDA_MAX_CHANNELS:
         return reference_on_gpu(OP)(p, w5, b5, w7, b7, w1, b1)
     w5, w7, w1 = _flat_weights(p, w5, w7, w1)
+    activations = p.dtype if cuda and p.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
     weights = (t.float() for t in (w5, b5, w7, b7, w1, b1))
-    out = torch.ops.avfused_ext.large_kernel_attention(p.float(), *weights)
+    out = torch.ops.avfused_ext.large_kernel_attention(p.to(activations), *weights)
     return out.to(p.dtype)
 
 

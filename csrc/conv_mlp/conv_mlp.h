@@ -26,7 +26,7 @@ constexpr int kConvMlpMaxChannels = 256;
 cudaError_t launch_conv_mlp_forward(ActivationType type, const void* x, const float* w_in, const float* b_in,
                                     const float* w_dw, const float* b_dw, const float* w_out, const float* b_out,
                                     void* out, long long images, int channels, int expanded, int height, int width,
-                                    int multiprocessors, cudaStream_t stream);
+                                    DeviceLimits limits, cudaStream_t stream);
 
 // dx (N, C, H, W) in x's type is written; the float32 gradients d_w_in .. d_b_out are added to (zero them
 // first).
@@ -34,7 +34,7 @@ cudaError_t launch_conv_mlp_backward(ActivationType type, const void* grad, cons
                                      const float* b_in, const float* w_dw, const float* b_dw, const float* w_out,
                                      void* dx, float* d_w_in, float* d_b_in, float* d_w_dw, float* d_b_dw,
                                      float* d_w_out, float* d_b_out, long long images, int channels, int expanded,
-                                     int height, int width, int multiprocessors, cudaStream_t stream);
+                                     int height, int width, DeviceLimits limits, cudaStream_t stream);
 
 }  // namespace avfused::cuda
 #endif

@@ -24,7 +24,7 @@ constexpr int kLargeKernelAttentionMaxChannels = 512;
 cudaError_t launch_large_kernel_attention_forward(ActivationType type, const void* p, const float* w5, const float* b5,
                                                   const float* w7, const float* b7, const float* w1, const float* b1,
                                                   void* out, long long images, int channels, int height, int width,
-                                                  int multiprocessors, cudaStream_t stream);
+                                                  DeviceLimits limits, cudaStream_t stream);
 
 // dp (N, C, H, W) in p's type is written; the float32 gradients d_w5 .. d_b1 are added to (zero them
 // first); workspace holds `images` x C x H x W floats (the 1x1's input gradient dc7).
@@ -33,7 +33,7 @@ cudaError_t launch_large_kernel_attention_backward(ActivationType type, const vo
                                                    const float* w1, const float* b1, void* dp, float* workspace,
                                                    float* d_w5, float* d_b5, float* d_w7, float* d_b7, float* d_w1,
                                                    float* d_b1, long long images, int channels, int height, int width,
-                                                   int multiprocessors, cudaStream_t stream);
+                                                   DeviceLimits limits, cudaStream_t stream);
 
 }  // namespace avfused::cuda
 #endif

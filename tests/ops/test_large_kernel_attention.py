@@ -1,7 +1,7 @@
 """large_kernel_attention, every backend against the float64 reference: forward and every gradient.
 
 The extension's ops (``avfused_ext::large_kernel_attention`` and its ``_backward``) run C++ kernels on the
-CPU, in training too; CUDA tensors run the reference.
+CPU and CUDA kernels on GPUs, in training too; the ``ext-cuda`` and ``gpu`` tests need a GPU session.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def test_ext_float64_inputs_give_float64_outputs(target):
     assert_matches_reference(out.float(), reference.large_kernel_attention(*(t.double() for t in inputs)))
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_ext_trains_through_its_own_kernels(target, monkeypatch):
     """Forward and backward run the extension's ops, never the reference (which would be far slower)."""
     inputs = make_inputs(2, 3, 6, 5, device=target.device)
@@ -142,7 +142,7 @@ def test_triton_opcheck(target):
     torch.library.opcheck(large_kernel_attention.triton_forward, flat_args(target), test_utils=checks)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_ext_opcheck(target):
     torch.library.opcheck(ext_ops.large_kernel_attention.default, [t.requires_grad_() for t in flat_args(target)])
     args = flat_args(target)
@@ -162,7 +162,7 @@ def test_ext_raw_op_rejects_bad_inputs_with_runtime_errors(target):
         ext_ops.large_kernel_attention_backward(p[:, :, :4], p, w5.reshape(3, 25), b5, w7.reshape(3, 49), b7, w1, b1)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_ext_compiled_fullgraph_matches_eager(target):
     inputs = make_inputs(2, 4, 6, 5, device=target.device)
     compiled = torch.compile(large_kernel_attention.ext, fullgraph=True, backend="aot_eager")
@@ -172,8 +172,9 @@ def test_ext_compiled_fullgraph_matches_eager(target):
     torch.testing.assert_close(got, want)
     got.square().sum().backward()
     want.square().sum().backward()
+    tolerance = dict(rtol=1e-5, atol=1e-5) if target.device == "cuda" else {}  # CUDA sums weights with atomics
     for mine, theirs in zip(leaves, eager_leaves, strict=True):
-        torch.testing.assert_close(mine.grad, theirs.grad)
+        torch.testing.assert_close(mine.grad, theirs.grad, **tolerance)
 
 
 @pytest.mark.gpu
@@ -187,8 +188,40 @@ def test_triton_gpu_matches_float64(dtype):
             check_low_precision(fn, reference_fn, inputs, NAMES, dtype)
 
 
+# GPU shapes: the model's stage shapes (N = 20: batch 2 of 10 frames), maps of several tiles with odd
+# edges, maps smaller than the 19x19 footprint, one image
+GPU_SHAPES = [(20, 8, 56, 56, False), (20, 64, 7, 7, True), (3, 16, 37, 23, False), (1, 32, 14, 14, True),
+              (3, 5, 1, 1, False), (1, 3, 5, 40, False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", GPU_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CUDA])
-def test_ext_gpu_tensors_run_the_reference(target):
-    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
+def test_ext_gpu_matches_float64(target, shape, dtype):
+    inputs = make_inputs(*shape, device="cuda")
+    fn, reference_fn = large_kernel_attention.ext, reference.large_kernel_attention
+    if dtype == torch.float32:
+        check_against_reference(fn, reference_fn, inputs, NAMES)
+    else:
+        check_low_precision(fn, reference_fn, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_channels_last_and_views(target):
+    inputs = make_inputs(3, 24, 19, 30, device="cuda")
+    inputs[0] = inputs[0].to(memory_format=torch.channels_last)
+    check(target, inputs)
+    inputs[0] = torch.randn(3, 48, 19, 30, device="cuda")[:, ::2]
+    check(target, inputs)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_runs_the_reference_past_its_channel_limit(target, monkeypatch):
+    """The CUDA kernels hold every channel of a tile: wider maps take the reference, never an error."""
+    monkeypatch.setattr(large_kernel_attention, "EXT_CUDA_MAX_CHANNELS", 2)
+    calls = []
+    raw = ext_ops.large_kernel_attention
+    monkeypatch.setattr(ext_ops, "large_kernel_attention", lambda *args: calls.append(1) or raw(*args), raising=False)
     inputs = make_inputs(2, 4, 9, 13, device="cuda")
     torch.testing.assert_close(large_kernel_attention.ext(*inputs), reference.large_kernel_attention(*inputs))
+    assert calls == []
