@@ -61,8 +61,9 @@ cudaError_t dispatch_activation(ActivationType type, Launch&& launch) {
 }
 
 // Tiles of the VPM kernels: square, `size` a side, one block each (per channel too where the kernel is
-// depthwise); the largest side in `sizes` that still gives at least `min_blocks` blocks and fits its shared
-// memory, else the smallest that fits (0: none fits).
+// depthwise); the largest side that gives at least `min_blocks` blocks and fits its shared memory, else the
+// smallest that fits (size 0: none fits); of sides that cut the map into as many tiles, the smallest (a
+// tile past a small map's edge is wasted work).
 struct TileGrid {
   int size, tiles_x, tiles;  // side, tiles across, tiles per image
 };
@@ -78,8 +79,8 @@ inline TileGrid choose_tile(long long blocks_per_tile, int height, int width, lo
   for (int size : sizes) {
     if (bytes(size) > max_bytes) continue;
     const TileGrid grid = tile_grid(size, height, width);
-    chosen = grid;  // the smallest that fits so far
-    if (blocks_per_tile * grid.tiles >= min_blocks) return grid;
+    if (chosen.size != 0 && grid.tiles != chosen.tiles && blocks_per_tile * chosen.tiles >= min_blocks) break;
+    chosen = grid;
   }
   return chosen;
 }
