@@ -93,9 +93,13 @@ def test_an_op_without_fused_backends_runs_the_reference():
     assert backends.get_op("audio_frontend", "torch", "cpu") is reference.audio_frontend
 
 
-def test_bench_does_not_time_the_reference_as_the_gpu_cuda_backend():
+def test_bench_does_not_time_the_reference_as_the_gpu_cuda_backend(monkeypatch):
     from avfused.bench.variants import _reference_on_device
 
+    for op in ("audio_frontend_stem", "joint_token_attention", "large_kernel_attention", "conv_mlp"):
+        assert not _reference_on_device(op, "cuda", torch.device("cuda"))  # every fused op has CUDA kernels now
+    conv_mlp = backends.op_module("conv_mlp")
+    monkeypatch.setattr(conv_mlp, "EXT_DEVICES", ("cpu",))  # an op whose CUDA tensors would run the reference
     assert _reference_on_device("conv_mlp", "cuda", torch.device("cuda"))
     assert not _reference_on_device("conv_mlp", "cuda", torch.device("cpu"))
     assert not _reference_on_device("joint_token_attention", "cuda", torch.device("cuda"))

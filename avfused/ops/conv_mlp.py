@@ -9,9 +9,14 @@ The same function as ``avfused.reference.conv_mlp``, in two backends, both on th
 * ``triton`` -- the op ``avfused_triton::conv_mlp``: the forward in one Triton kernel
   (kernels/conv_mlp.py). Its backward recomputes the hidden layer in chunks of expanded channels with
   torch convolutions, so at most (N, chunk, H, W) of the (N, E, H, W) tensor exists at once.
-* ``ext`` -- the op ``avfused_ext::conv_mlp``: a fused C++ forward for CPU inference (csrc/conv_mlp/).
-  As for large_kernel_attention, where autograd records the wrapper runs the reference, and CUDA
-  tensors run the reference (logged once).
+* ``ext`` -- the op ``avfused_ext::conv_mlp`` and its backward op ``avfused_ext::conv_mlp_backward``
+  (csrc/conv_mlp/). CPU: fused per image in C++ (float32), a few expanded channels at a time; CUDA: one
+  kernel per tile of every channel, the expanded channels in chunks in shared memory (float32, float16 and
+  bfloat16 activations, float32 accumulation and weights; C <= EXT_CUDA_MAX_CHANNELS, any E; wider maps run
+  the reference, logged once). The forward keeps only x for the backward, which recomputes the hidden
+  layer the same way, so the (N, E, H, W) expansion never exists whole in either direction. The wrapper
+  runs these ops in training too: on the CPU their forward + backward measured faster than the
+  reference's autograd and than torch.compile of it at every stage shape of the small model.
 """
 
 from __future__ import annotations
@@ -19,11 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from avfused import reference
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
     EXT_REASONS,
-    autograd_records,
     check_non_empty,
     check_rank,
     check_shape,
@@ -34,7 +37,9 @@ from avfused.ops._common import (
 
 Tensor = torch.Tensor
 OP = "conv_mlp"
-EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
+EXT_CUDA_MAX_CHANNELS = 256  # the CUDA kernels keep every channel of a tile in shared memory (wider: the reference)
+EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for x
 TRITON_MAX_CHANNELS = 256  # the Triton kernel holds all channels of a pixel in registers
 # elements of one (N, chunk, H, W) hidden tensor in Triton's backward: 4M floats = 16 MB
 BACKWARD_CHUNK_ELEMENTS = 1 << 22
@@ -55,11 +60,6 @@ def check_inputs(backend: str, x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tens
     check_shape(OP, "w_dw", w_dw, (e, 1, 3, 3), "(E, 1, 3, 3)")
     for name, bias, size, layout in (("b_in", b_in, e, "(E,)"), ("b_dw", b_dw, e, "(E,)"), ("b_out", b_out, c, "(C,)")):
         check_shape(OP, name, bias, (size,), layout)
-
-
-def reference_flat(x, w_in, b_in, w_dw, b_dw, w_out, b_out):
-    """reference.conv_mlp on the op's flattened depthwise weight (w_dw (E, 9))."""
-    return reference.conv_mlp(x, w_in, b_in, w_dw.reshape(-1, 1, 3, 3), b_dw, w_out, b_out)
 
 
 def _flat_weights(x: Tensor, w_in: Tensor, w_dw: Tensor, w_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,29 +158,36 @@ def triton(x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_
 def ext(x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:
     """The extension backend of the op; returns x's dtype (computed in float32)."""
     check_inputs("ext", x, w_in, b_in, w_dw, b_dw, w_out, b_out)
-    if x.device.type == "cuda":
+    cuda = x.device.type == "cuda"
+    if cuda and x.shape[1] > EXT_CUDA_MAX_CHANNELS:
         return reference_on_gpu(OP)(x, w_in, b_in, w_dw, b_dw, w_out, b_out)
-    if autograd_records(x, w_in, b_in, w_dw, b_dw, w_out, b_out):  # as in large_kernel_attention
-        return reference.conv_mlp(x, w_in, b_in, w_dw, b_dw, w_out, b_out)
     w_in, w_dw, w_out = _flat_weights(x, w_in, w_dw, w_out)
-    out = torch.ops.avfused_ext.conv_mlp(*(t.float() for t in (x, w_in, b_in, w_dw, b_dw, w_out, b_out)))
+    activations = x.dtype if cuda and x.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    weights = (t.float() for t in (w_in, b_in, w_dw, b_dw, w_out, b_out))
+    out = torch.ops.avfused_ext.conv_mlp(x.to(activations), *weights)
     return out.to(x.dtype)
 
 
 def _register_ext() -> None:
-    """Fake and autograd of the extension's op (its schema and CPU kernel come from csrc/)."""
+    """Fakes and autograd of the extension's ops (their schemas and kernels come from csrc/)."""
 
     @torch.library.register_fake("avfused_ext::conv_mlp")
     def _(x, w_in, b_in, w_dw, b_dw, w_out, b_out):
         return x.new_empty(x.shape)
 
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+    @torch.library.register_fake("avfused_ext::conv_mlp_backward")
+    def _(grad, x, w_in, b_in, w_dw, b_dw, w_out):
+        return (
+            x.new_empty(x.shape), w_in.new_empty(w_in.shape), b_in.new_empty(b_in.shape), w_dw.new_empty(w_dw.shape),
+            b_dw.new_empty(b_dw.shape), w_out.new_empty(w_out.shape), w_out.new_empty(w_out.shape[0]),
+        )  # fmt: skip
 
-    # No C++ backward (the kernel targets CPU inference): the gradient recomputes through the reference.
+    def setup_context(ctx, inputs, output):
+        x, w_in, b_in, w_dw, b_dw, w_out, _ = inputs  # b_out's gradient is grad's sum: b_out is not needed
+        ctx.save_for_backward(x, w_in, b_in, w_dw, b_dw, w_out)
+
     def backward(ctx, grad_out):
-        _, vjp = torch.func.vjp(reference_flat, *ctx.saved_tensors)
-        return vjp(grad_out)
+        return torch.ops.avfused_ext.conv_mlp_backward(grad_out, *ctx.saved_tensors)
 
     torch.library.register_autograd("avfused_ext::conv_mlp", backward, setup_context=setup_context)
 

@@ -10,12 +10,15 @@ flattened weights (w5 (C, 25), w7 (C, 49), w1 (C, C)):
   (kernels/large_kernel_attention.py); it keeps only p for the backward (the reference keeps four
   (N, C, H, W) tensors), and the backward op recomputes the two depthwise stages (the first with the
   Triton kernel) and does the rest with torch convolutions.
-* ``ext`` -- the op ``avfused_ext::large_kernel_attention``: a fused C++ forward for CPU inference
-  (csrc/large_kernel_attention/; no (N, C, H, W) intermediate in memory). Its backward would recompute
-  through the reference, which measured slower than the reference alone (benchmarks/results), so where
-  autograd records (training) the wrapper runs the reference; the op's own autograd formula serves
-  direct callers of ``torch.ops.avfused_ext``. CUDA tensors run the reference (logged once): there is
-  no CUDA kernel yet.
+* ``ext`` -- the op ``avfused_ext::large_kernel_attention`` and its backward op
+  ``avfused_ext::large_kernel_attention_backward`` (csrc/large_kernel_attention/). CPU: fused per image in
+  C++ (float32); CUDA: one kernel per tile of every channel, the tile and its halo staged in shared memory
+  (float32, float16 and bfloat16 activations, float32 accumulation and weights; C <= EXT_CUDA_MAX_CHANNELS,
+  wider maps run the reference, logged once). Neither writes the dw5x5 context to memory; the forward keeps
+  only p for the backward, which recomputes the context per image (CPU) or tile (CUDA); the CUDA backward
+  writes one float32 (N, C, H, W) workspace (the 1x1's input gradient), in chunks of images no larger than
+  p. The wrapper runs these ops in training too: on the CPU their forward + backward measured faster than
+  the reference's autograd and than torch.compile of it at every stage shape of the small model.
 """
 
 from __future__ import annotations
@@ -23,11 +26,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from avfused import reference
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
     EXT_REASONS,
-    autograd_records,
     check_non_empty,
     check_rank,
     check_shape,
@@ -38,7 +39,9 @@ from avfused.ops._common import (
 
 Tensor = torch.Tensor
 OP = "large_kernel_attention"
-EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
+EXT_CUDA_MAX_CHANNELS = 512  # the CUDA kernels keep every channel of a tile in shared memory (wider: the reference)
+EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for p
 TRITON_MAX_CHANNELS = 256  # the Triton kernel holds all channels of a pixel in registers
 
 
@@ -54,12 +57,6 @@ def check_inputs(backend: str, p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7
     check_shape(OP, "w1", w1, [(c, c), (c, c, 1, 1)], "(C, C) or (C, C, 1, 1)")
     for name, bias in (("b5", b5), ("b7", b7), ("b1", b1)):
         check_shape(OP, name, bias, (c,), "(C,)")
-
-
-def reference_flat(p, w5, b5, w7, b7, w1, b1):
-    """reference.large_kernel_attention on the op's flattened weights (w5 (C, 25), w7 (C, 49))."""
-    c = p.shape[1]
-    return reference.large_kernel_attention(p, w5.reshape(c, 1, 5, 5), b5, w7.reshape(c, 1, 7, 7), b7, w1, b1)
 
 
 def _flat_weights(p: Tensor, w5: Tensor, w7: Tensor, w1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -146,27 +143,29 @@ def triton(p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor
 def ext(p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
     """The extension backend of the op; returns p's dtype (computed in float32)."""
     check_inputs("ext", p, w5, b5, w7, b7, w1, b1)
-    if p.device.type == "cuda":
+    cuda = p.device.type == "cuda"
+    if cuda and p.shape[1] > EXT_CUDA_MAX_CHANNELS:
         return reference_on_gpu(OP)(p, w5, b5, w7, b7, w1, b1)
-    if autograd_records(p, w5, b5, w7, b7, w1, b1):
-        # the backward recomputes through the reference anyway: the C++ forward would only add its time
-        return reference.large_kernel_attention(p, w5, b5, w7, b7, w1, b1)
     w5, w7, w1 = _flat_weights(p, w5, w7, w1)
-    out = torch.ops.avfused_ext.large_kernel_attention(*(t.float() for t in (p, w5, b5, w7, b7, w1, b1)))
+    activations = p.dtype if cuda and p.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    weights = (t.float() for t in (w5, b5, w7, b7, w1, b1))
+    out = torch.ops.avfused_ext.large_kernel_attention(p.to(activations), *weights)
     return out.to(p.dtype)
 
 
 def _register_ext() -> None:
-    """Fake and autograd of the extension's op (its schema and CPU kernel come from csrc/)."""
+    """Fakes and autograd of the extension's ops (their schemas and kernels come from csrc/)."""
 
     @torch.library.register_fake("avfused_ext::large_kernel_attention")
     def _(p, w5, b5, w7, b7, w1, b1):
         return p.new_empty(p.shape)
 
-    # No C++ backward (the kernel targets CPU inference): the gradient recomputes through the reference.
+    @torch.library.register_fake("avfused_ext::large_kernel_attention_backward")
+    def _(grad, p, w5, b5, w7, b7, w1, b1):
+        return tuple(t.new_empty(t.shape) for t in (p, w5, b5, w7, b7, w1, b1))
+
     def backward(ctx, grad_out):
-        _, vjp = torch.func.vjp(reference_flat, *ctx.saved_tensors)
-        return vjp(grad_out)
+        return torch.ops.avfused_ext.large_kernel_attention_backward(grad_out, *ctx.saved_tensors)
 
     torch.library.register_autograd("avfused_ext::large_kernel_attention", backward, setup_context=_save_inputs)
 

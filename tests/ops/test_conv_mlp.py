@@ -1,8 +1,8 @@
 """conv_mlp, every backend against the float64 reference: forward and every gradient.
 
-As for large_kernel_attention, the extension's kernel is a fused C++ forward for CPU inference: its
-gradients are checked on the raw op ``avfused_ext::conv_mlp``, whose autograd recomputes through the
-reference.
+As for large_kernel_attention, the extension's ops (``avfused_ext::conv_mlp`` and its ``_backward``) run
+C++ kernels on the CPU and CUDA kernels on GPUs, in training too; the ``ext-cuda`` and ``gpu`` tests need a
+GPU session.
 """
 
 from __future__ import annotations
@@ -34,24 +34,15 @@ def make_inputs(images, channels, expanded, height, width, conv_1x1=False, devic
     ]
 
 
-def raw_ext_op(x, w_in, b_in, w_dw, b_dw, w_out, b_out):
-    """The raw op (C++ forward, backward through the reference) on the module's weight shapes."""
-    c, e = x.shape[1], w_in.shape[0]
-    return ext_ops.conv_mlp(x, w_in.reshape(e, c), b_in, w_dw.reshape(e, 9), b_dw, w_out.reshape(c, e), b_out)
-
-
 def check(target, inputs):
-    """Triton: the wrapper, forward and gradients. ext: the wrapper's inference forward, then the raw op."""
+    """The wrapper's forward and every gradient; for ext also its inference (no autograd) forward."""
     fn = target.op(conv_mlp)
-    if target.backend == "triton":
-        check_against_reference(fn, reference.conv_mlp, inputs, NAMES)
-        return
-    with torch.no_grad():
-        out = fn(*inputs)
-    assert out.dtype == inputs[0].dtype
-    assert_matches_reference(out, reference.conv_mlp(*(t.double() for t in inputs)), name="forward")
-    if target.device == "cpu":
-        check_against_reference(raw_ext_op, reference.conv_mlp, inputs, NAMES)
+    if target.backend == "ext":
+        with torch.no_grad():
+            out = fn(*inputs)
+        assert out.dtype == inputs[0].dtype
+        assert_matches_reference(out, reference.conv_mlp(*(t.double() for t in inputs)), name="forward")
+    check_against_reference(fn, reference.conv_mlp, inputs, NAMES)
 
 
 @pytest.fixture
@@ -73,12 +64,14 @@ def test_matches_float64(target, shape, small_triton_backward_chunks):
     check(target, make_inputs(*shape, device=target.device))
 
 
-@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("lanes", ["best-isa", "8-lane", "16-lane"])
 @pytest.mark.parametrize("shape", EXT_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_ext_cpu_paths_match_float64(target, shape, narrow, monkeypatch):
-    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
+def test_ext_cpu_paths_match_float64(target, shape, lanes, monkeypatch):
+    if lanes == "8-lane":  # the AVX2 / baseline code path, also on AVX-512 machines
         monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+    if lanes == "16-lane":  # the 16-lane code, built for the baseline ISA where the CPU lacks AVX-512
+        monkeypatch.setenv("AVFUSED_CPU_PORTABLE_WIDE", "1")
     check(target, make_inputs(*shape))
 
 
@@ -129,19 +122,21 @@ def test_ext_float64_inputs_give_float64_outputs(target):
     assert_matches_reference(out.float(), reference.conv_mlp(*(t.double() for t in inputs)))
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
-def test_ext_wrapper_runs_the_reference_where_autograd_records(target, monkeypatch):
-    """Training takes the reference (the op's backward would recompute through it anyway); inference the C++."""
-    calls = []
-    raw = ext_ops.conv_mlp
-    monkeypatch.setattr(ext_ops, "conv_mlp", lambda *args: calls.append(1) or raw(*args), raising=False)
-    inputs = make_inputs(1, 3, 12, 6, 5)
-    with torch.no_grad():
-        conv_mlp.ext(*inputs)
-    assert calls == [1]
-    inputs[1].requires_grad_()
-    conv_mlp.ext(*inputs)
-    assert calls == [1]
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
+def test_ext_trains_through_its_own_kernels(target, monkeypatch):
+    """Forward and backward run the extension's ops, never the reference (which would be slower)."""
+    inputs = make_inputs(2, 3, 12, 6, 5, device=target.device)
+    want = reference.conv_mlp(*(t.double() for t in inputs))
+
+    def refuse(*args):
+        raise AssertionError("the reference ran")
+
+    monkeypatch.setattr(reference, "conv_mlp", refuse)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = conv_mlp.ext(*leaves)
+    out.sum().backward()
+    assert_matches_reference(out, want)
+    assert all(leaf.grad is not None for leaf in leaves)
 
 
 def flat_args(target):
@@ -155,9 +150,12 @@ def test_triton_opcheck(target):
     torch.library.opcheck(conv_mlp.triton_forward, flat_args(target), test_utils=checks)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_ext_opcheck(target):
     torch.library.opcheck(ext_ops.conv_mlp.default, [t.requires_grad_() for t in flat_args(target)])
+    x, w_in, b_in, w_dw, b_dw, w_out, _ = flat_args(target)
+    grad = torch.randn_like(x)
+    torch.library.opcheck(ext_ops.conv_mlp_backward.default, [grad, x, w_in, b_in, w_dw, b_dw, w_out])
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -166,11 +164,13 @@ def test_ext_raw_op_rejects_bad_inputs_with_runtime_errors(target):
     x, w_in, b_in, w_dw, b_dw, w_out, b_out = make_inputs(1, 3, 12, 4, 5)
     with pytest.raises(RuntimeError, match="w_out"):
         ext_ops.conv_mlp(x, w_in, b_in, w_dw.reshape(12, 9), b_dw, w_out[:, :5], b_out)
+    with pytest.raises(RuntimeError, match="grad"):
+        ext_ops.conv_mlp_backward(x[:, :2], x, w_in, b_in, w_dw.reshape(12, 9), b_dw, w_out)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_ext_compiled_fullgraph_matches_eager(target):
-    inputs = make_inputs(2, 4, 16, 6, 5)
+    inputs = make_inputs(2, 4, 16, 6, 5, device=target.device)
     compiled = torch.compile(conv_mlp.ext, fullgraph=True, backend="aot_eager")
     leaves = [t.clone().requires_grad_() for t in inputs]
     eager_leaves = [t.clone().requires_grad_() for t in inputs]
@@ -178,8 +178,9 @@ def test_ext_compiled_fullgraph_matches_eager(target):
     torch.testing.assert_close(got, want)
     got.square().sum().backward()
     want.square().sum().backward()
+    tolerance = dict(rtol=1e-5, atol=1e-5) if target.device == "cuda" else {}  # CUDA sums weights with atomics
     for mine, theirs in zip(leaves, eager_leaves, strict=True):
-        torch.testing.assert_close(mine.grad, theirs.grad)
+        torch.testing.assert_close(mine.grad, theirs.grad, **tolerance)
 
 
 @pytest.mark.gpu
@@ -192,8 +193,39 @@ def test_triton_gpu_matches_float64(dtype):
             check_low_precision(conv_mlp.triton, reference.conv_mlp, inputs, NAMES, dtype)
 
 
+# GPU shapes: the model's stage shapes (N = 20: batch 2 of 10 frames), maps of several tiles with odd
+# edges, E not a multiple of the kernel's chunk, one image
+GPU_SHAPES = [(20, 8, 32, 56, 56, False), (20, 64, 256, 7, 7, True), (3, 16, 40, 37, 23, False),
+              (1, 32, 128, 14, 14, True), (3, 5, 7, 1, 1, False), (1, 3, 12, 5, 40, False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", GPU_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CUDA])
-def test_ext_gpu_tensors_run_the_reference(target):
-    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
+def test_ext_gpu_matches_float64(target, shape, dtype):
+    inputs = make_inputs(*shape, device="cuda")
+    if dtype == torch.float32:
+        check_against_reference(conv_mlp.ext, reference.conv_mlp, inputs, NAMES)
+    else:
+        check_low_precision(conv_mlp.ext, reference.conv_mlp, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_channels_last_and_views(target):
+    inputs = make_inputs(3, 24, 72, 19, 30, device="cuda")
+    inputs[0] = inputs[0].to(memory_format=torch.channels_last)
+    check(target, inputs)
+    inputs[0] = torch.randn(3, 48, 19, 30, device="cuda")[:, ::2]
+    check(target, inputs)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_runs_the_reference_past_its_channel_limit(target, monkeypatch):
+    """The CUDA kernels hold every channel of a tile: wider maps take the reference, never an error."""
+    monkeypatch.setattr(conv_mlp, "EXT_CUDA_MAX_CHANNELS", 2)
+    calls = []
+    raw = ext_ops.conv_mlp
+    monkeypatch.setattr(ext_ops, "conv_mlp", lambda *args: calls.append(1) or raw(*args), raising=False)
     inputs = make_inputs(2, 4, 16, 9, 13, device="cuda")
     torch.testing.assert_close(conv_mlp.ext(*inputs), reference.conv_mlp(*inputs))
+    assert calls == []

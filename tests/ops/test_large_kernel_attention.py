@@ -1,8 +1,7 @@
 """large_kernel_attention, every backend against the float64 reference: forward and every gradient.
 
-The extension's kernel is a fused C++ forward for CPU inference: where autograd records, its wrapper
-runs the reference (the op's backward would recompute through it anyway), so its gradients are checked
-on the raw op ``avfused_ext::large_kernel_attention``, whose autograd recomputes through the reference.
+The extension's ops (``avfused_ext::large_kernel_attention`` and its ``_backward``) run C++ kernels on the
+CPU and CUDA kernels on GPUs, in training too; the ``ext-cuda`` and ``gpu`` tests need a GPU session.
 """
 
 from __future__ import annotations
@@ -33,24 +32,15 @@ def make_inputs(images, channels, height, width, conv_1x1=False, device="cpu"):
     ]
 
 
-def raw_ext_op(p, w5, b5, w7, b7, w1, b1):
-    """The raw op (C++ forward, backward through the reference) on the module's weight shapes."""
-    c = p.shape[1]
-    return ext_ops.large_kernel_attention(p, w5.reshape(c, 25), b5, w7.reshape(c, 49), b7, w1.reshape(c, c), b1)
-
-
 def check(target, inputs):
-    """Triton: the wrapper, forward and gradients. ext: the wrapper's inference forward, then the raw op."""
+    """The wrapper's forward and every gradient; for ext also its inference (no autograd) forward."""
     fn = target.op(large_kernel_attention)
-    if target.backend == "triton":
-        check_against_reference(fn, reference.large_kernel_attention, inputs, NAMES)
-        return
-    with torch.no_grad():
-        out = fn(*inputs)
-    assert out.dtype == inputs[0].dtype
-    assert_matches_reference(out, reference.large_kernel_attention(*(t.double() for t in inputs)), name="forward")
-    if target.device == "cpu":
-        check_against_reference(raw_ext_op, reference.large_kernel_attention, inputs, NAMES)
+    if target.backend == "ext":
+        with torch.no_grad():
+            out = fn(*inputs)
+        assert out.dtype == inputs[0].dtype
+        assert_matches_reference(out, reference.large_kernel_attention(*(t.double() for t in inputs)), name="forward")
+    check_against_reference(fn, reference.large_kernel_attention, inputs, NAMES)
 
 
 # (images, channels, height, width, 1x1 weight as a conv): odd maps, maps smaller than the 19x19 dilated
@@ -66,12 +56,14 @@ def test_matches_float64(target, shape):
     check(target, make_inputs(*shape, device=target.device))
 
 
-@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("lanes", ["best-isa", "8-lane", "16-lane"])
 @pytest.mark.parametrize("shape", EXT_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_ext_cpu_paths_match_float64(target, shape, narrow, monkeypatch):
-    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
+def test_ext_cpu_paths_match_float64(target, shape, lanes, monkeypatch):
+    if lanes == "8-lane":  # the AVX2 / baseline code path, also on AVX-512 machines
         monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+    if lanes == "16-lane":  # the 16-lane code, built for the baseline ISA where the CPU lacks AVX-512
+        monkeypatch.setenv("AVFUSED_CPU_PORTABLE_WIDE", "1")
     check(target, make_inputs(*shape))
 
 
@@ -122,19 +114,21 @@ def test_ext_float64_inputs_give_float64_outputs(target):
     assert_matches_reference(out.float(), reference.large_kernel_attention(*(t.double() for t in inputs)))
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
-def test_ext_wrapper_runs_the_reference_where_autograd_records(target, monkeypatch):
-    """Training takes the reference (the op's backward would recompute through it anyway); inference the C++."""
-    calls = []
-    raw = ext_ops.large_kernel_attention
-    monkeypatch.setattr(ext_ops, "large_kernel_attention", lambda *args: calls.append(1) or raw(*args), raising=False)
-    inputs = make_inputs(1, 3, 6, 5)
-    with torch.no_grad():
-        large_kernel_attention.ext(*inputs)
-    assert calls == [1]
-    inputs[0].requires_grad_()
-    large_kernel_attention.ext(*inputs)
-    assert calls == [1]
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
+def test_ext_trains_through_its_own_kernels(target, monkeypatch):
+    """Forward and backward run the extension's ops, never the reference (which would be far slower)."""
+    inputs = make_inputs(2, 3, 6, 5, device=target.device)
+    want = reference.large_kernel_attention(*(t.double() for t in inputs))
+
+    def refuse(*args):
+        raise AssertionError("the reference ran")
+
+    monkeypatch.setattr(reference, "large_kernel_attention", refuse)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = large_kernel_attention.ext(*leaves)
+    out.sum().backward()
+    assert_matches_reference(out, want)
+    assert all(leaf.grad is not None for leaf in leaves)
 
 
 def flat_args(target):
@@ -148,9 +142,12 @@ def test_triton_opcheck(target):
     torch.library.opcheck(large_kernel_attention.triton_forward, flat_args(target), test_utils=checks)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_ext_opcheck(target):
     torch.library.opcheck(ext_ops.large_kernel_attention.default, [t.requires_grad_() for t in flat_args(target)])
+    args = flat_args(target)
+    grad = torch.randn_like(args[0])
+    torch.library.opcheck(ext_ops.large_kernel_attention_backward.default, [grad, *args])
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -161,11 +158,13 @@ def test_ext_raw_op_rejects_bad_inputs_with_runtime_errors(target):
         ext_ops.large_kernel_attention(p, w5, b5, w7.reshape(3, 49), b7, w1, b1)  # w5 not flattened
     with pytest.raises(RuntimeError, match="float32"):
         ext_ops.large_kernel_attention(p.double(), w5.reshape(3, 25), b5, w7.reshape(3, 49), b7, w1, b1)
+    with pytest.raises(RuntimeError, match="grad"):
+        ext_ops.large_kernel_attention_backward(p[:, :, :4], p, w5.reshape(3, 25), b5, w7.reshape(3, 49), b7, w1, b1)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_ext_compiled_fullgraph_matches_eager(target):
-    inputs = make_inputs(2, 4, 6, 5)
+    inputs = make_inputs(2, 4, 6, 5, device=target.device)
     compiled = torch.compile(large_kernel_attention.ext, fullgraph=True, backend="aot_eager")
     leaves = [t.clone().requires_grad_() for t in inputs]
     eager_leaves = [t.clone().requires_grad_() for t in inputs]
@@ -173,8 +172,9 @@ def test_ext_compiled_fullgraph_matches_eager(target):
     torch.testing.assert_close(got, want)
     got.square().sum().backward()
     want.square().sum().backward()
+    tolerance = dict(rtol=1e-5, atol=1e-5) if target.device == "cuda" else {}  # CUDA sums weights with atomics
     for mine, theirs in zip(leaves, eager_leaves, strict=True):
-        torch.testing.assert_close(mine.grad, theirs.grad)
+        torch.testing.assert_close(mine.grad, theirs.grad, **tolerance)
 
 
 @pytest.mark.gpu
@@ -188,8 +188,40 @@ def test_triton_gpu_matches_float64(dtype):
             check_low_precision(fn, reference_fn, inputs, NAMES, dtype)
 
 
+# GPU shapes: the model's stage shapes (N = 20: batch 2 of 10 frames), maps of several tiles with odd
+# edges, maps smaller than the 19x19 footprint, one image
+GPU_SHAPES = [(20, 8, 56, 56, False), (20, 64, 7, 7, True), (3, 16, 37, 23, False), (1, 32, 14, 14, True),
+              (3, 5, 1, 1, False), (1, 3, 5, 40, False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", GPU_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CUDA])
-def test_ext_gpu_tensors_run_the_reference(target):
-    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
+def test_ext_gpu_matches_float64(target, shape, dtype):
+    inputs = make_inputs(*shape, device="cuda")
+    fn, reference_fn = large_kernel_attention.ext, reference.large_kernel_attention
+    if dtype == torch.float32:
+        check_against_reference(fn, reference_fn, inputs, NAMES)
+    else:
+        check_low_precision(fn, reference_fn, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_channels_last_and_views(target):
+    inputs = make_inputs(3, 24, 19, 30, device="cuda")
+    inputs[0] = inputs[0].to(memory_format=torch.channels_last)
+    check(target, inputs)
+    inputs[0] = torch.randn(3, 48, 19, 30, device="cuda")[:, ::2]
+    check(target, inputs)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_runs_the_reference_past_its_channel_limit(target, monkeypatch):
+    """The CUDA kernels hold every channel of a tile: wider maps take the reference, never an error."""
+    monkeypatch.setattr(large_kernel_attention, "EXT_CUDA_MAX_CHANNELS", 2)
+    calls = []
+    raw = ext_ops.large_kernel_attention
+    monkeypatch.setattr(ext_ops, "large_kernel_attention", lambda *args: calls.append(1) or raw(*args), raising=False)
     inputs = make_inputs(2, 4, 9, 13, device="cuda")
     torch.testing.assert_close(large_kernel_attention.ext(*inputs), reference.large_kernel_attention(*inputs))
+    assert calls == []
