@@ -12,6 +12,7 @@ import torch
 
 from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
+from avfused.ops import _common as ops_common
 from avfused.ops import conv_mlp
 from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
 from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON
@@ -56,8 +57,12 @@ def check(target, inputs):
 
 @pytest.fixture
 def small_triton_backward_chunks(monkeypatch):
-    """A few expanded channels per chunk of Triton's backward, so chunk seams are tested."""
-    monkeypatch.setattr(conv_mlp, "BACKWARD_CHUNK_ELEMENTS", 7 * 3 * 6 * 11)
+    """Small pixel tiles and three persistent programs in Triton's backward, so tile seams, several tiles per
+    program and the sum of the programs' partial slots are tested."""
+    from avfused.kernels import _common as kernel_common
+
+    monkeypatch.setattr(kernel_common, "INTERPRETER_TILE_PIXELS", 64)
+    monkeypatch.setattr(kernel_common, "INTERPRETER_PROGRAMS", 3)
 
 
 # (images, channels, expanded, height, width, 1x1 weights as convs): odd maps, E not a multiple of the
@@ -180,6 +185,80 @@ def test_ext_compiled_fullgraph_matches_eager(target):
     want.square().sum().backward()
     for mine, theirs in zip(leaves, eager_leaves, strict=True):
         torch.testing.assert_close(mine.grad, theirs.grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# triton: the backward kernel, low precision, compile
+# ---------------------------------------------------------------------------------------------
+def float64_grads(inputs, grad):
+    leaves = [t.detach().double().requires_grad_() for t in inputs]
+    return torch.autograd.grad(reference.conv_mlp(*leaves), leaves, grad.double())
+
+
+@pytest.mark.parametrize("programs, budget", [(3, None), (3, 1), (1, None)], ids=["slot-each", "one-slot", "one"])
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_backward_kernel_matches_float64(target, programs, budget, monkeypatch):
+    """The backward op on its own: one partial slot per program, all programs adding into one slot (a
+    budget too small for more), a single program over every tile."""
+    from avfused.kernels import _common as kernel_common
+    from avfused.kernels.conv_mlp import launch_backward
+
+    monkeypatch.setattr(kernel_common, "INTERPRETER_TILE_PIXELS", 32)
+    monkeypatch.setattr(kernel_common, "INTERPRETER_PROGRAMS", programs)
+    x, w_in, b_in, w_dw, b_dw, w_out, b_out = make_inputs(3, 5, 20, 9, 7, device=target.device)
+    grad = torch.randn_like(x)
+    grads = launch_backward(grad, x, w_in, b_in, w_dw.reshape(20, 9), b_dw, w_out, budget)
+    expected = float64_grads([x, w_in, b_in, w_dw, b_dw, w_out, b_out], grad)
+    for name, mine, theirs in zip(NAMES, grads, expected, strict=True):
+        assert_matches_reference(mine.reshape(theirs.shape), theirs, name=f"grad {name}")
+
+
+MODEL_MLP_SHAPES = [  # (images = batch 4 x 10 frames, C, E, H, W) of the small model's four stages, and batch 1
+    (40, 8, 32, 56, 56), (40, 16, 64, 28, 28), (40, 32, 128, 14, 14), (40, 64, 256, 7, 7), (10, 64, 256, 7, 7),
+]
+
+
+@pytest.mark.parametrize("shape", MODEL_MLP_SHAPES)
+def test_triton_backward_workspace_within_saved_activations(shape, monkeypatch):
+    """On a GPU with 132 SMs, the backward's scratch and partial slots fit in the size of what the forward saved."""
+    from avfused.kernels import _common as kernel_common
+    from avfused.kernels.conv_mlp import backward_plan
+
+    monkeypatch.setattr(kernel_common, "program_cap", lambda device: 264)
+    images, channels, expanded, height, width = shape
+    saved = 4 * (images * channels * height * width + 2 * expanded * channels + 11 * expanded)
+    plan = backward_plan(torch.Size((images, channels, height, width)), expanded, torch.device("cuda"), saved)
+    assert plan["workspace_bytes"] <= saved
+    assert plan["programs"] >= min(plan["n_tiles"], 8), plan  # and not one program for everything
+
+
+def allow_low_precision_on_cpu(monkeypatch, device):
+    """The interpreter runs fp16 and bf16 kernels; the wrappers take them only on CUDA."""
+    if device == "cpu":
+        monkeypatch.setitem(ops_common.TRITON_DTYPES, "cpu", (torch.float32, torch.float16, torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision_within_twice_torch(target, dtype, monkeypatch):
+    """fp16 runs fp16 tl.dot (fp32 accumulation) under the interpreter too; bf16 there: bf16 loads, fp32 dots."""
+    allow_low_precision_on_cpu(monkeypatch, target.device)
+    inputs = make_inputs(3, 8, 40, 7, 9, device=target.device)
+    check_low_precision(conv_mlp.triton, reference.conv_mlp, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_backward_opcheck(target):
+    args = flat_args(target)
+    grad = torch.randn_like(args[0])
+    torch.library.opcheck(conv_mlp.triton_backward, [grad, *args[:6]], test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_compiled_fullgraph_matches_float64(target):
+    """torch.compile(fullgraph=True) traces the forward and backward ops; both against float64."""
+    compiled = torch.compile(conv_mlp.triton, fullgraph=True, backend="aot_eager")
+    check_against_reference(compiled, reference.conv_mlp, make_inputs(2, 4, 16, 6, 5, device=target.device), NAMES)
 
 
 @pytest.mark.gpu
