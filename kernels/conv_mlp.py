@@ -42,20 +42,6 @@ from avfused.kernels._common import (
 
 
 @triton.jit
-def _neighbour_mask(ok, up, down, left, right, DR: tl.constexpr, DC: tl.constexpr):
-    """ok, and the pixel + (DR, DC) is in the image, from the masks of the four one-pixel steps."""
-    if DR < 0:
-        ok = ok & up
-    if DR > 0:
-        ok = ok & down
-    if DC < 0:
-        ok = ok & left
-    if DC > 0:
-        ok = ok & right
-    return ok
-
-
-@triton.jit
 def _conv_mlp_forward_kernel(
     x_ptr,
     w_in_ptr,
@@ -79,7 +65,7 @@ def _conv_mlp_forward_kernel(
     pixel_ok = pixels < H * W
     row = pixels // W
     col = pixels % W
-    up, down, left, right = row >= 1, row < H - 1, col >= 1, col < W - 1
+    below, right = H - 1 - row, W - 1 - col
     chans = tl.arange(0, BLOCK_C)
     chan_ok = chans < C
     x_tile_ptr = x_ptr + image * C * H * W + chans[:, None] * (H * W) + pixels[None, :]
@@ -94,7 +80,8 @@ def _conv_mlp_forward_kernel(
         w_dw_row = w_dw_ptr + expanded * 9
         pre = tl.zeros((BLOCK_E, BLOCK_P), dtype=tl.float32)
         for tap in tl.static_range(9):
-            inside = _neighbour_mask(pixel_ok, up, down, left, right, tap // 3 - 1, tap % 3 - 1)
+            inside = pixel_ok & (row >= 1 - tap // 3) & (below >= tap // 3 - 1)
+            inside = inside & (col >= 1 - tap % 3) & (right >= tap % 3 - 1)
             x_tile = tl.load(x_tile_ptr + ((tap // 3 - 1) * W + tap % 3 - 1), mask=chan_ok[:, None] & inside[None, :],
                              other=0.0)
             hidden = tl.where(inside[None, :], dot(w_in, x_tile, DOT) + b_in[:, None], 0.0)

@@ -12,6 +12,7 @@ import torch
 
 from avfused import reference
 from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
+from avfused.ops import _common as ops_common
 from avfused.ops import large_kernel_attention
 from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
 from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON
@@ -175,6 +176,95 @@ def test_ext_compiled_fullgraph_matches_eager(target):
     want.square().sum().backward()
     for mine, theirs in zip(leaves, eager_leaves, strict=True):
         torch.testing.assert_close(mine.grad, theirs.grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# triton: the kernels' tiles and programs, low precision, compile
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def small_triton_tiles(monkeypatch):
+    """Tiles of 8 x 8 pixels and three persistent programs: tile seams, halos crossing tiles, several tiles
+    per program and the sum of the programs' partial slots."""
+    from avfused.kernels import _common as kernel_common
+
+    monkeypatch.setattr(kernel_common, "INTERPRETER_TILE_PIXELS", 64)
+    monkeypatch.setattr(kernel_common, "INTERPRETER_PROGRAMS", 3)
+
+
+def float64_grads(inputs, grad):
+    leaves = [t.detach().double().requires_grad_() for t in inputs]
+    out = reference.large_kernel_attention(*leaves)
+    return out, torch.autograd.grad(out, leaves, grad.double())
+
+
+@pytest.mark.parametrize("budget", [None, 1], ids=["slot-each", "one-slot"])
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_kernels_over_tiles_match_float64(target, budget, small_triton_tiles):
+    """Forward and backward kernels on a map of 2 x 2 tiles whose 9- and 11-pixel halos span the map, each
+    program with its own partial slot, and all adding into one (a budget too small for more)."""
+    from avfused.kernels.large_kernel_attention import launch_backward, launch_forward
+
+    p, w5, b5, w7, b7, w1, b1 = make_inputs(1, 5, 11, 13, device=target.device)
+    flat = [p, w5.reshape(5, 25), b5, w7.reshape(5, 49), b7, w1, b1]
+    grad = torch.randn_like(p)
+    expected_out, expected = float64_grads([p, w5, b5, w7, b7, w1, b1], grad)
+    assert_matches_reference(launch_forward(*flat), expected_out, name="forward")
+    grads = launch_backward(grad, *flat, budget_bytes=budget)
+    for name, mine, theirs in zip(NAMES, grads, expected, strict=True):
+        assert_matches_reference(mine.reshape(theirs.shape), theirs, name=f"grad {name}")
+
+
+MODEL_LKA_SHAPES = [  # (images = batch 4 x 10 frames, C, H, W) of the small model's four stages, and batch 1
+    (40, 8, 56, 56), (40, 16, 28, 28), (40, 32, 14, 14), (40, 64, 7, 7), (10, 64, 7, 7),
+]
+
+
+@pytest.mark.parametrize("shape", MODEL_LKA_SHAPES)
+def test_triton_workspace_within_saved_activations(shape, monkeypatch):
+    """On a GPU with 132 SMs: the backward's scratch and partial slots fit in the size of what the forward
+    saved (p and the weights), the forward's scratch in the size of p (a c1 tensor)."""
+    from avfused.kernels import _common as kernel_common
+    from avfused.kernels.large_kernel_attention import backward_plan, forward_plan
+
+    monkeypatch.setattr(kernel_common, "program_cap", lambda device: 264)
+    images, channels, height, width = shape
+    saved = 4 * (images * channels * height * width + channels * (channels + 77))
+    size, gpu = torch.Size(shape), torch.device("cuda")
+    plan = backward_plan(size, gpu, saved)
+    assert plan["workspace_bytes"] <= saved
+    assert plan["programs"] >= min(plan["n_tiles"], 8), plan  # and not one program for everything
+    assert forward_plan(size, gpu)["workspace_bytes"] <= 4 * size.numel()
+
+
+def allow_low_precision_on_cpu(monkeypatch, device):
+    """The interpreter runs fp16 and bf16 kernels; the wrappers take them only on CUDA."""
+    if device == "cpu":
+        monkeypatch.setitem(ops_common.TRITON_DTYPES, "cpu", (torch.float32, torch.float16, torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision_within_twice_torch(target, dtype, monkeypatch):
+    """fp16 runs fp16 tl.dot (fp32 accumulation) under the interpreter too; bf16 there: bf16 loads, fp32 dots."""
+    allow_low_precision_on_cpu(monkeypatch, target.device)
+    inputs = make_inputs(1, 20, 7, 9, device=target.device)
+    check_low_precision(large_kernel_attention.triton, reference.large_kernel_attention, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_backward_opcheck(target):
+    args = flat_args(target)
+    grad = torch.randn_like(args[0])
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(large_kernel_attention.triton_backward, [grad, *args], test_utils=checks)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_compiled_fullgraph_matches_float64(target):
+    """torch.compile(fullgraph=True) traces the forward and backward ops; both against float64."""
+    compiled = torch.compile(large_kernel_attention.triton, fullgraph=True, backend="aot_eager")
+    check_against_reference(compiled, reference.large_kernel_attention, make_inputs(1, 4, 6, 5, device=target.device),
+                            NAMES)
 
 
 @pytest.mark.gpu
