@@ -13,8 +13,9 @@ that use scratch launch with ``num_stages=1``: nothing may be prefetched across 
 
     dot(a, b, KIND)                 a @ b, fp32 accumulate; operands in fp32 (ieee), fp16 or bf16 (KIND)
     dot_kind(dtype, device) -> KIND
-    tile_origin / own_pixels / region / region_offsets   pixel tiles (row-major) and their clipped halos
-    pixel_tile(height, width, device) -> (TILE_H, TILE_W);  tile_count(images, height, width, TILE_H, TILE_W)
+    tile_origin / own_pixels / region   pixel tiles (row-major; several whole images where maps are small) and
+        their halos clipped to the image
+    pixel_tile(images, height, width, device) -> (IMAGES, TILE_H, TILE_W);  tile_count(...)
     slot_pixels(tile_h, tile_w, halo, height, width)     pixels of one clipped halo region, at most
     saved_bytes(*tensors) -> the budget: what the forward saved
     persistent_plan(n_tiles, device, scratch_bytes, partial_bytes, budget_bytes) -> (G, partial slots)
@@ -32,7 +33,7 @@ DOT_FP32, DOT_FP16, DOT_BF16 = 0, 1, 2
 INTERPRETER_PROGRAMS = 2
 # pixels of a tile under the interpreter: large (each Triton op costs the interpreter about a millisecond,
 # whatever its size); tests of tile seams set it lower
-INTERPRETER_TILE_PIXELS = 256
+INTERPRETER_TILE_PIXELS = 1024
 
 
 def dot_kind(dtype: torch.dtype, device: torch.device) -> int:
@@ -58,21 +59,24 @@ def dot(a, b, KIND: tl.constexpr):
 
 
 @triton.jit
-def tile_origin(tile, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
-    """(image, first row, first column) of a tile; tiles are numbered image by image, row-major."""
+def tile_origin(tile, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr, IMAGES: tl.constexpr):
+    """(first image, first row, first column) of a tile of IMAGES images (IMAGES > 1 only where a tile covers
+    a whole image) x TILE_H x TILE_W pixels; tiles are numbered image group by image group, row-major."""
     tiles_w = tl.cdiv(W, TILE_W)
-    per_image = tl.cdiv(H, TILE_H) * tiles_w
-    rest = tile % per_image
-    return tile // per_image, (rest // tiles_w) * TILE_H, (rest % tiles_w) * TILE_W
+    per_group = tl.cdiv(H, TILE_H) * tiles_w
+    rest = tile % per_group
+    return (tile // per_group) * IMAGES, (rest // tiles_w) * TILE_H, (rest % tiles_w) * TILE_W
 
 
 @triton.jit
-def own_pixels(r0, c0, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
-    """(row, col, inside) of the tile's TILE_H * TILE_W pixels, row-major."""
-    local = tl.arange(0, TILE_H * TILE_W)
-    row = r0 + local // TILE_W
-    col = c0 + local % TILE_W
-    return row, col, (row < H) & (col < W)
+def own_pixels(image0, r0, c0, N, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr, IMAGES: tl.constexpr):
+    """(image, image within the tile, row, col, inside) of the tile's IMAGES * TILE_H * TILE_W pixels."""
+    local = tl.arange(0, IMAGES * TILE_H * TILE_W)
+    within = local % (TILE_H * TILE_W)
+    row = r0 + within // TILE_W
+    col = c0 + within % TILE_W
+    image = image0 + local // (TILE_H * TILE_W)
+    return image, local // (TILE_H * TILE_W), row, col, (row < H) & (col < W) & (image < N)
 
 
 @triton.jit
@@ -85,23 +89,21 @@ def region(r0, c0, H, W, HALO: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.co
     return top, left, bottom - top, right - left
 
 
-@triton.jit
-def region_offsets(rows, cols, ok, H, W, top, left, width):
-    """Offsets into a region's scratch of pixels (rows, cols) and whether each is in the image (and ok):
-    pixels outside the image read as zero, the convolutions' zero padding."""
-    inside = ok & (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)
-    return (rows - top) * width + (cols - left), inside
-
-
-def pixel_tile(height: int, width: int, device: torch.device, gpu_pixels: int = 64) -> tuple[int, int]:
-    """(TILE_H, TILE_W): powers of two, about ``gpu_pixels`` in all on a GPU (INTERPRETER_TILE_PIXELS under the
-    interpreter), at least 16 (tl.dot's smallest side), near square (the smallest halos)."""
+def pixel_tile(images: int, height: int, width: int, device: torch.device, gpu_pixels: int = 64
+               ) -> tuple[int, int, int]:
+    """(IMAGES, TILE_H, TILE_W): powers of two, about ``gpu_pixels`` in all on a GPU (INTERPRETER_TILE_PIXELS
+    under the interpreter), at least 16 (tl.dot's smallest side), near square (the smallest halos); several
+    whole images a tile where one image fills less than half of it."""
     pixels = gpu_pixels if device.type == "cuda" else INTERPRETER_TILE_PIXELS
     tile_w = min(triton.next_power_of_2(width), 1 << (max(pixels, 1).bit_length() // 2))
     tile_h = max(1, min(triton.next_power_of_2(height), pixels // tile_w))
     while tile_h * tile_w < 16:
         tile_h *= 2
-    return tile_h, tile_w
+    per_tile = 1
+    if tile_h >= height and tile_w >= width:
+        per_tile = min(triton.next_power_of_2(images), max(1, pixels // (tile_h * tile_w)))
+        per_tile = 1 << (per_tile.bit_length() - 1)  # a power of two, at most pixels // tile
+    return per_tile, tile_h, tile_w
 
 
 def slot_pixels(tile_h: int, tile_w: int, halo: int, height: int, width: int) -> int:
@@ -109,8 +111,8 @@ def slot_pixels(tile_h: int, tile_w: int, halo: int, height: int, width: int) ->
     return min(tile_h + 2 * halo, height) * min(tile_w + 2 * halo, width)
 
 
-def tile_count(images: int, height: int, width: int, tile_h: int, tile_w: int) -> int:
-    return images * triton.cdiv(height, tile_h) * triton.cdiv(width, tile_w)
+def tile_count(images: int, height: int, width: int, per_tile: int, tile_h: int, tile_w: int) -> int:
+    return triton.cdiv(images, per_tile) * triton.cdiv(height, tile_h) * triton.cdiv(width, tile_w)
 
 
 def saved_bytes(*tensors: torch.Tensor) -> int:

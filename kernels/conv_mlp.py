@@ -104,23 +104,25 @@ def _conv_mlp_forward_kernel(
 @triton.jit
 def _conv_mlp_backward_kernel(
     x_ptr, w_in_ptr, b_in_ptr, w_dw_ptr, b_dw_ptr, w_out_ptr, grad_ptr, dx_ptr, part_ptr, scratch_ptr,
-    C, E, H, W, n_tiles, n_slots,
-    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_R: tl.constexpr, DOT: tl.constexpr,
+    N, C, E, H, W, n_tiles, n_slots,
+    IMAGES: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
-    # scratch regions, zero outside the image (the depthwise conv's padding), so shifted reads need no mask:
-    # the hidden layer on the tile + 2 pixels (pitch PITCH2), d_pre on the tile + 1 pixel (pitch PITCH1)
+    # scratch regions per image of the tile, zero outside the image (the depthwise conv's padding), so shifted
+    # reads need no mask: the hidden layer on the tile + 2 pixels (pitch PITCH2), d_pre on the tile + 1 pixel
     PITCH2: tl.constexpr = TILE_W + 4
     SIZE2: tl.constexpr = (TILE_H + 4) * PITCH2
     PITCH1: tl.constexpr = TILE_W + 2
     SIZE1: tl.constexpr = (TILE_H + 2) * PITCH1
+    PIXELS: tl.constexpr = IMAGES * TILE_H * TILE_W
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
     chans = tl.arange(0, BLOCK_C)
     chan_ok = chans < C
     lanes = tl.arange(0, BLOCK_E)
-    hidden_slot = scratch_ptr + pid * BLOCK_E * (SIZE2 + SIZE1) + lanes[:, None] * SIZE2
-    d_pre_slot = scratch_ptr + pid * BLOCK_E * (SIZE2 + SIZE1) + BLOCK_E * SIZE2 + lanes[:, None] * SIZE1
+    slot = scratch_ptr + pid * BLOCK_E * IMAGES * (SIZE2 + SIZE1)
+    hidden_slot = slot + lanes[:, None] * (IMAGES * SIZE2)
+    d_pre_slot = slot + BLOCK_E * IMAGES * SIZE2 + lanes[:, None] * (IMAGES * SIZE1)
     # partial slot: d_w_in (E, C) | d_b_in (E) | d_w_dw (E, 9) | d_b_dw (E) | d_w_out (C, E) | d_b_out (C)
     part = part_ptr + (pid % n_slots) * (2 * E * C + 11 * E + C)
     part_b_in = part + E * C
@@ -128,20 +130,22 @@ def _conv_mlp_backward_kernel(
     part_b_dw = part_w_dw + 9 * E
     part_w_out = part_b_dw + E
     part_b_out = part_w_out + C * E
-    local = tl.arange(0, TILE_H * TILE_W)
+    local = tl.arange(0, PIXELS)
+    within = local % (TILE_H * TILE_W)
     # the tile's pixels in the two regions; a 3x3 neighbour is + dr * pitch + dc
-    hidden_own = hidden_slot + ((local // TILE_W + 2) * PITCH2 + local % TILE_W + 2)[None, :]
-    d_pre_own = d_pre_slot + ((local // TILE_W + 1) * PITCH1 + local % TILE_W + 1)[None, :]
+    hidden_own = hidden_slot + ((local // (TILE_H * TILE_W)) * SIZE2 + (within // TILE_W + 2) * PITCH2 +
+                                within % TILE_W + 2)[None, :]
+    d_pre_own = d_pre_slot + ((local // (TILE_H * TILE_W)) * SIZE1 + (within // TILE_W + 1) * PITCH1 +
+                              within % TILE_W + 1)[None, :]
     for tile in range(pid, n_tiles, n_programs):
-        image, r0, c0 = tile_origin(tile, H, W, TILE_H, TILE_W)
-        row, col, pixel_ok = own_pixels(r0, c0, H, W, TILE_H, TILE_W)
-        chan_rows = image * C * H * W + chans[:, None] * (H * W)
-        own = chan_rows + (row * W + col)[None, :]
+        image0, r0, c0 = tile_origin(tile, H, W, TILE_H, TILE_W, IMAGES)
+        image, _, row, col, pixel_ok = own_pixels(image0, r0, c0, N, H, W, TILE_H, TILE_W, IMAGES)
+        own = (image[None, :] * C + chans[:, None]) * (H * W) + (row * W + col)[None, :]
         own_mask = chan_ok[:, None] & pixel_ok[None, :]
         x_own = tl.load(x_ptr + own, mask=own_mask, other=0.0).to(tl.float32)
         g_own = tl.load(grad_ptr + own, mask=own_mask, other=0.0).to(tl.float32)
         tl.atomic_add(part_b_out + chans, tl.sum(g_own, axis=1), mask=chan_ok)
-        dx = tl.zeros((BLOCK_C, TILE_H * TILE_W), dtype=tl.float32)
+        dx = tl.zeros((BLOCK_C, PIXELS), dtype=tl.float32)
         for e0 in range(0, E, BLOCK_E):
             exps = e0 + lanes
             exp_ok = exps < E
@@ -153,38 +157,44 @@ def _conv_mlp_backward_kernel(
             w_dw_row = w_dw_ptr + exps * 9
             part_w_dw_row = part_w_dw + exps * 9
             # 1. the hidden layer on the tile and 2 pixels around it
-            for j0 in tl.static_range(0, SIZE2, BLOCK_R):
+            for j0 in tl.static_range(0, IMAGES * SIZE2, BLOCK_R):
                 j = j0 + tl.arange(0, BLOCK_R)
-                rows = r0 - 2 + j // PITCH2
+                in_slot = j < IMAGES * SIZE2
+                rows = r0 - 2 + (j % SIZE2) // PITCH2
                 cols = c0 - 2 + j % PITCH2
-                inside = (j < SIZE2) & (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)
-                x_region = tl.load(x_ptr + chan_rows + (rows * W + cols)[None, :],
-                                   mask=chan_ok[:, None] & inside[None, :], other=0.0)
+                images = image0 + j // SIZE2
+                inside = in_slot & (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W) & (images < N)
+                planes = (images[None, :] * C + chans[:, None]) * (H * W)
+                x_region = tl.load(x_ptr + planes + (rows * W + cols)[None, :], mask=chan_ok[:, None] & inside[None, :],
+                                   other=0.0)
                 hidden = tl.where(inside[None, :], dot(w_in, x_region, DOT) + b_in[:, None], 0.0)
-                tl.store(hidden_slot + j[None, :], hidden, mask=(j < SIZE2)[None, :])
+                tl.store(hidden_slot + j[None, :], hidden, mask=in_slot[None, :])
             tl.debug_barrier()
             # 2. d_pre on the tile and 1 pixel around it
-            for j0 in tl.static_range(0, SIZE1, BLOCK_R):
+            for j0 in tl.static_range(0, IMAGES * SIZE1, BLOCK_R):
                 j = j0 + tl.arange(0, BLOCK_R)
-                rows = r0 - 1 + j // PITCH1
+                in_slot = j < IMAGES * SIZE1
+                rows = r0 - 1 + (j % SIZE1) // PITCH1
                 cols = c0 - 1 + j % PITCH1
-                in_slot = (j < SIZE1)[None, :]
-                inside = (j < SIZE1) & (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)
-                centre = hidden_slot + ((j // PITCH1 + 1) * PITCH2 + j % PITCH1 + 1)[None, :]
+                images = image0 + j // SIZE1
+                inside = in_slot & (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W) & (images < N)
+                centre = hidden_slot + ((j // SIZE1) * SIZE2 + ((j % SIZE1) // PITCH1 + 1) * PITCH2 + j % PITCH1 + 1
+                                        )[None, :]
                 pre = tl.zeros((BLOCK_E, BLOCK_R), dtype=tl.float32) + b_dw[:, None]
                 for tap in tl.static_range(9):
                     w_tap = tl.load(w_dw_row + tap, mask=exp_ok, other=0.0).to(tl.float32)
-                    pre += w_tap[:, None] * tl.load(centre + ((tap // 3 - 1) * PITCH2 + tap % 3 - 1), mask=in_slot,
-                                                    other=0.0)
-                g_region = tl.load(grad_ptr + chan_rows + (rows * W + cols)[None, :],
+                    pre += w_tap[:, None] * tl.load(centre + ((tap // 3 - 1) * PITCH2 + tap % 3 - 1),
+                                                    mask=in_slot[None, :], other=0.0)
+                planes = (images[None, :] * C + chans[:, None]) * (H * W)
+                g_region = tl.load(grad_ptr + planes + (rows * W + cols)[None, :],
                                    mask=chan_ok[:, None] & inside[None, :], other=0.0)
                 d_pre = tl.where((pre > 0) & inside[None, :], dot(w_out_t, g_region, DOT), 0.0)
-                tl.store(d_pre_slot + j[None, :], d_pre, mask=in_slot)
+                tl.store(d_pre_slot + j[None, :], d_pre, mask=in_slot[None, :])
             tl.debug_barrier()
             # 3. the tile: pre (from the scratched h), d_h = dw3x3^T(d_pre), and every gradient
             d_pre = tl.load(d_pre_own)
-            pre = tl.zeros((BLOCK_E, TILE_H * TILE_W), dtype=tl.float32) + b_dw[:, None]
-            d_h = tl.zeros((BLOCK_E, TILE_H * TILE_W), dtype=tl.float32)
+            pre = tl.zeros((BLOCK_E, PIXELS), dtype=tl.float32) + b_dw[:, None]
+            d_h = tl.zeros((BLOCK_E, PIXELS), dtype=tl.float32)
             for tap in tl.static_range(9):
                 w_tap = tl.load(w_dw_row + tap, mask=exp_ok, other=0.0).to(tl.float32)[:, None]
                 shifted = tl.load(hidden_own + ((tap // 3 - 1) * PITCH2 + tap % 3 - 1))
@@ -234,17 +244,18 @@ def launch_forward(
 def backward_plan(shape: torch.Size, expanded: int, device: torch.device, budget_bytes: int) -> dict:
     """The backward's tile, blocks, scratch and partial sizes (elements) and persistent plan for x of ``shape``."""
     images, channels, height, width = shape
-    tile_h, tile_w = pixel_tile(height, width, device)
+    per_tile, tile_h, tile_w = pixel_tile(images, height, width, device)
     block_e = 16  # the scratch holds two regions of block_e channels: small blocks leave room for more programs
-    scratch = block_e * ((tile_h + 4) * (tile_w + 4) + (tile_h + 2) * (tile_w + 2))
+    region = per_tile * (tile_h + 4) * (tile_w + 4)
+    scratch = block_e * (region + per_tile * (tile_h + 2) * (tile_w + 2))
     partial = 2 * expanded * channels + 11 * expanded + channels
-    n_tiles = tile_count(images, height, width, tile_h, tile_w)
+    n_tiles = tile_count(images, height, width, per_tile, tile_h, tile_w)
     programs, slots = persistent_plan(n_tiles, device, 4 * scratch, 4 * partial, budget_bytes)
     # the interpreter: a region in one step (each Triton op costs it the same, whatever its size)
-    block_r = 64 if device.type == "cuda" else triton.next_power_of_2((tile_h + 4) * (tile_w + 4))
+    block_r = 64 if device.type == "cuda" else triton.next_power_of_2(region)
     workspace = 4 * (programs * scratch + slots * partial)
-    return dict(tile_h=tile_h, tile_w=tile_w, block_e=block_e, scratch=scratch, partial=partial, n_tiles=n_tiles,
-                programs=programs, slots=slots, block_r=block_r, workspace_bytes=workspace)
+    return dict(per_tile=per_tile, tile_h=tile_h, tile_w=tile_w, block_e=block_e, scratch=scratch, partial=partial,
+                n_tiles=n_tiles, programs=programs, slots=slots, block_r=block_r, workspace_bytes=workspace)
 
 
 def launch_backward(
@@ -268,8 +279,9 @@ def launch_backward(
     scratch = torch.empty(plan["programs"] * plan["scratch"], device=x.device, dtype=torch.float32)
     _conv_mlp_backward_kernel[(plan["programs"],)](
         x, w_in, b_in, w_dw, b_dw, w_out, grad, dx, partials, scratch,
-        channels, expanded, height, width, plan["n_tiles"], plan["slots"],
-        TILE_H=plan["tile_h"], TILE_W=plan["tile_w"], BLOCK_E=plan["block_e"], BLOCK_C=_channel_block(channels),
+        images, channels, expanded, height, width, plan["n_tiles"], plan["slots"],
+        IMAGES=plan["per_tile"], TILE_H=plan["tile_h"], TILE_W=plan["tile_w"], BLOCK_E=plan["block_e"],
+        BLOCK_C=_channel_block(channels),
         BLOCK_R=plan["block_r"], DOT=dot_kind(x.dtype, x.device), num_stages=1,
     )  # fmt: skip
     sums = partials.double().sum(dim=0)

@@ -195,17 +195,23 @@ def float64_grads(inputs, grad):
     return torch.autograd.grad(reference.conv_mlp(*leaves), leaves, grad.double())
 
 
-@pytest.mark.parametrize("programs, budget", [(3, None), (3, 1), (1, None)], ids=["slot-each", "one-slot", "one"])
+# (tile pixels, programs, budget, images, H, W): tiles of 4 x 8 pixels with one partial slot per program, all
+# programs adding into one slot (a budget too small for more), a single program over every tile; tiles of two
+# whole 5 x 7 images, the last one half empty
+BACKWARD_CASES = [(32, 3, None, 3, 9, 7), (32, 3, 1, 3, 9, 7), (32, 1, None, 3, 9, 7), (128, 3, None, 5, 5, 7)]
+
+
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=["slot-each", "one-slot", "one-program", "two-images-a-tile"])
 @pytest.mark.parametrize("target", [TRITON])
-def test_triton_backward_kernel_matches_float64(target, programs, budget, monkeypatch):
-    """The backward op on its own: one partial slot per program, all programs adding into one slot (a
-    budget too small for more), a single program over every tile."""
+def test_triton_backward_kernel_matches_float64(target, case, monkeypatch):
+    """The backward op on its own, over several tiles."""
     from avfused.kernels import _common as kernel_common
     from avfused.kernels.conv_mlp import launch_backward
 
-    monkeypatch.setattr(kernel_common, "INTERPRETER_TILE_PIXELS", 32)
+    tile_pixels, programs, budget, images, height, width = case
+    monkeypatch.setattr(kernel_common, "INTERPRETER_TILE_PIXELS", tile_pixels)
     monkeypatch.setattr(kernel_common, "INTERPRETER_PROGRAMS", programs)
-    x, w_in, b_in, w_dw, b_dw, w_out, b_out = make_inputs(3, 5, 20, 9, 7, device=target.device)
+    x, w_in, b_in, w_dw, b_dw, w_out, b_out = make_inputs(images, 5, 20, height, width, device=target.device)
     grad = torch.randn_like(x)
     grads = launch_backward(grad, x, w_in, b_in, w_dw.reshape(20, 9), b_dw, w_out, budget)
     expected = float64_grads([x, w_in, b_in, w_dw, b_dw, w_out, b_out], grad)

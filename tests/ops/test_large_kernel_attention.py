@@ -181,31 +181,30 @@ def test_ext_compiled_fullgraph_matches_eager(target):
 # ---------------------------------------------------------------------------------------------
 # triton: the kernels' tiles and programs, low precision, compile
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture
-def small_triton_tiles(monkeypatch):
-    """Tiles of 8 x 8 pixels and three persistent programs: tile seams, halos crossing tiles, several tiles
-    per program and the sum of the programs' partial slots."""
-    from avfused.kernels import _common as kernel_common
-
-    monkeypatch.setattr(kernel_common, "INTERPRETER_TILE_PIXELS", 64)
-    monkeypatch.setattr(kernel_common, "INTERPRETER_PROGRAMS", 3)
-
-
 def float64_grads(inputs, grad):
     leaves = [t.detach().double().requires_grad_() for t in inputs]
     out = reference.large_kernel_attention(*leaves)
     return out, torch.autograd.grad(out, leaves, grad.double())
 
 
-@pytest.mark.parametrize("budget", [None, 1], ids=["slot-each", "one-slot"])
+# (tile pixels, images, C, H, W, budget): 2 x 2 tiles of 8 x 8 whose 9- and 11-pixel halos span the map, each
+# program with its own partial slot or all adding into one (a budget too small for more); and tiles of two
+# whole 5 x 7 images each, the last one half empty
+TILE_CASES = [(64, 1, 5, 11, 13, None), (64, 1, 5, 11, 13, 1), (128, 5, 4, 5, 7, None)]
+
+
+@pytest.mark.parametrize("case", TILE_CASES, ids=["slot-each", "one-slot", "two-images-a-tile"])
 @pytest.mark.parametrize("target", [TRITON])
-def test_triton_kernels_over_tiles_match_float64(target, budget, small_triton_tiles):
-    """Forward and backward kernels on a map of 2 x 2 tiles whose 9- and 11-pixel halos span the map, each
-    program with its own partial slot, and all adding into one (a budget too small for more)."""
+def test_triton_kernels_over_tiles_match_float64(target, case, monkeypatch):
+    """Forward and backward kernels over several tiles, three persistent programs."""
+    from avfused.kernels import _common as kernel_common
     from avfused.kernels.large_kernel_attention import launch_backward, launch_forward
 
-    p, w5, b5, w7, b7, w1, b1 = make_inputs(1, 5, 11, 13, device=target.device)
-    flat = [p, w5.reshape(5, 25), b5, w7.reshape(5, 49), b7, w1, b1]
+    tile_pixels, images, channels, height, width, budget = case
+    monkeypatch.setattr(kernel_common, "INTERPRETER_TILE_PIXELS", tile_pixels)
+    monkeypatch.setattr(kernel_common, "INTERPRETER_PROGRAMS", 3)
+    p, w5, b5, w7, b7, w1, b1 = make_inputs(images, channels, height, width, device=target.device)
+    flat = [p, w5.reshape(channels, 25), b5, w7.reshape(channels, 49), b7, w1, b1]
     grad = torch.randn_like(p)
     expected_out, expected = float64_grads([p, w5, b5, w7, b7, w1, b1], grad)
     assert_matches_reference(launch_forward(*flat), expected_out, name="forward")
