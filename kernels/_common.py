@@ -8,8 +8,8 @@ halo), waits at ``tl.debug_barrier()`` (a CTA-wide barrier: the stores of every 
 visible after it) and reloads it at the shifted positions. The grid has ``persistent_plan(...)[0]`` programs
 that loop over the tiles (tile = pid, pid + G, ...), so the scratch (G slots) and the partial sums of the
 weight gradients (at most G slots, fp32, summed in float64 by the caller) are bounded by a budget and
-independent of the batch and the map size. Kernels
-that use scratch launch with ``num_stages=1``: nothing may be prefetched across a barrier.
+independent of the batch and the map size. Kernels that use scratch launch with ``num_stages=1``: nothing
+may be prefetched across a barrier. Where maps are small, a tile holds several whole images.
 
     dot(a, b, KIND)                 a @ b, fp32 accumulate; operands in fp32 (ieee), fp16 or bf16 (KIND)
     dot_kind(dtype, device) -> KIND

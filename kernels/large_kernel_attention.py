@@ -16,8 +16,9 @@ of a small fp32 scratch, and reads them back at the shifted taps after a barrier
   gate += W1[:, block] c2 (a tl.dot) in registers; out = p * (gate + b1) once every block is in.
 * backward, with gp = grad * p, d_c2 = W1^T gp, d_c1 = dw7x7_dil3^T(d_c2): c1 on the tile + 9 pixels and
   d_c2 on the tile + 11 pixels -> scratch; on the tile c2, gate, d_w1 += gp c2^T, d_w7, d_b7; d_c1 on
-  the tile + 2 pixels -> scratch; on the tile d_w5, d_b5 and dp = grad * gate + dw5x5^T(d_c1). The weight
-  gradients go to the program's partial slot (summed in float64 by the caller).
+  the tile + 2 pixels -> scratch; on the tile d_w5, d_b5 and dp = grad * gate + dw5x5^T(d_c1) (built in
+  an fp32 dp, cast to p's dtype by the caller). The weight gradients go to the program's partial slot
+  (summed in float64 by the caller).
 
     launch_forward(p, w5, b5, w7, b7, w1, b1) -> out (N, C, H, W)
     launch_backward(grad, p, w5, b5, w7, b7, w1, b1[, budget_bytes]) -> dp, d_w5, d_b5, d_w7, d_b7, d_w1, d_b1

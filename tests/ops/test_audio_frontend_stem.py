@@ -275,6 +275,26 @@ def test_triton_gpu_matches_float64(dtype):
         check_low_precision(audio_frontend_stem.triton, reference.audio_frontend_stem, inputs, NAMES, dtype, **kwargs)
 
 
+@pytest.mark.gpu
+def test_triton_gpu_default_log_eps_at_model_size(monkeypatch):
+    """The model's front end (256 mel-spaced filters of 251 taps, 1 s clips) at log_eps = 1e-6 on a GPU: within
+    twice PyTorch's fp32 error (TF32 off, so that baseline is true fp32) and, with the float64 rescue, within
+    1e-3 of float64 everywhere."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    low, band = mel_cutoffs(256)
+    inputs = [t.cuda() for t in (torch.randn(2, 16000), low, band, torch.randn(8, 256, 7) / 16)]
+    check_against_reference(audio_frontend_stem.triton, reference.audio_frontend_stem, inputs, NAMES,
+                            conditioned_by_torch=True)
+    ref_inputs = leaves(inputs, torch.float64)
+    ref_out = reference.audio_frontend_stem(*ref_inputs)
+    grad = torch.randn_like(ref_out)
+    expected = [ref_out, *torch.autograd.grad(ref_out, ref_inputs, grad)]
+    out, grads = forward_and_grads(audio_frontend_stem.triton, leaves(inputs), grad)
+    for name, actual, reference64 in zip(("output", *NAMES), [out, *grads], expected, strict=True):
+        assert relative_error(actual, reference64) <= 1e-3, name
+
+
 # ---------------------------------------------------------------------------------------------
 # the extension's raw op (given x and filters): the 1e-4 rule at log_eps = 1e-2
 # ---------------------------------------------------------------------------------------------
