@@ -68,6 +68,7 @@ def _band_response(
     count = tl.sum(row_counts, axis=0)
     if count > 0:
         local = tl.arange(0, BLOCK_F)[:, None] * BLOCK_O + tl.arange(0, BLOCK_O)[None, :]
+        tl.debug_barrier()  # every thread has read back the slot's previous tile
         tl.store(y_slot + local, y)
         # the flagged samples' local indices, packed in order: an exclusive prefix sum over the flags
         packed = tl.cumsum(row_counts, axis=0)[:, None] - row_counts[:, None] + tl.cumsum(flags, axis=1) - 1
