@@ -68,3 +68,20 @@ TRITON = _target("triton", TRITON_DEVICE, "triton")
 EXT_CPU = _target("ext", "cpu", "ext-cpu")
 EXT_CUDA = _target("ext", "cuda", "ext-cuda")
 TARGETS = [TRITON, EXT_CPU, EXT_CUDA]
+
+
+def allow_triton_low_precision_on_cpu(monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+    """The Triton interpreter runs fp16 and bf16 kernels; the wrappers take them only on CUDA (avfused.ops._common)."""
+    from avfused.ops import _common
+
+    if device == "cpu":
+        monkeypatch.setitem(_common.TRITON_DTYPES, "cpu", (torch.float32, torch.float16, torch.bfloat16))
+
+
+def float64_reference(reference_fn: Callable, inputs: list[torch.Tensor], grad: torch.Tensor, **kwargs):
+    """reference_fn's output and the gradient of <output, grad> for every input, all in float64."""
+    from avfused.testing import leaves
+
+    ref_inputs = leaves(inputs, torch.float64)
+    out = reference_fn(*ref_inputs, **kwargs)
+    return out, list(torch.autograd.grad(out, ref_inputs, grad.to(out.device, torch.float64)))

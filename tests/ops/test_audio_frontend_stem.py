@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from avfused import reference
 from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
-from avfused.ops import _common as ops_common
 from avfused.ops import audio_frontend_stem
 from avfused.testing import (
     assert_matches_reference,
@@ -27,7 +26,7 @@ from avfused.testing import (
     leaves,
     relative_error,
 )
-from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON
+from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON, allow_triton_low_precision_on_cpu, float64_reference
 
 NAMES = ("wave", "low_hz", "band_hz", "stem_weight")
 ext_ops = torch.ops.avfused_ext
@@ -215,10 +214,9 @@ def test_triton_rescue_makes_gradients_accurate_where_torch_is_not(target):
     misses by up to 1e-1 here, and the kernels without the rescue (RESCUE_RATIO = 0) by up to 7e-4."""
     low, band = mel_cutoffs(16)
     inputs = target.put([torch.randn(1, 1001), low, band, torch.randn(4, 16, 7) / 4])
-    ref_inputs = leaves(inputs, torch.float64)
-    ref_out = reference.audio_frontend_stem(*ref_inputs, kernel_size=101)
-    grad = torch.randn_like(ref_out)
-    expected = [ref_out, *torch.autograd.grad(ref_out, ref_inputs, grad)]
+    grad = torch.randn(1, 4, 251, device=target.device)
+    ref_out, ref_grads = float64_reference(reference.audio_frontend_stem, inputs, grad, kernel_size=101)
+    expected = [ref_out, *ref_grads]
     out, grads = forward_and_grads(audio_frontend_stem.triton, leaves(inputs), grad, kernel_size=101)
     for name, actual, reference64 in zip(("output", *NAMES), [out, *grads], expected, strict=True):
         assert relative_error(actual, reference64) <= 4e-4, name
@@ -231,8 +229,7 @@ def test_triton_low_precision_inputs_compute_in_float32(target, monkeypatch):
     and its backward's 1 / (|y| + eps) overflows fp16. (The 2x-PyTorch rule on fp16 inputs measures here how
     the gradient's sign(y) jumps under fp16 rounding of the input, not the kernels: the float64 reference on
     the rounded inputs misses it as much; the GPU test applies it at a size where that averages out.)"""
-    if target.device == "cpu":  # the interpreter runs it; the wrapper takes fp16 only on CUDA
-        monkeypatch.setitem(ops_common.TRITON_DTYPES, "cpu", (torch.float32, torch.float16))
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
     inputs = [t.half() for t in make_inputs(1, 203, 8, 5, target.device)]
     grad = torch.randn(1, 5, 51, device=target.device).half()
     kw = dict(kernel_size=31, log_eps=1e-2)
@@ -286,10 +283,9 @@ def test_triton_gpu_default_log_eps_at_model_size(monkeypatch):
     inputs = [t.cuda() for t in (torch.randn(2, 16000), low, band, torch.randn(8, 256, 7) / 16)]
     check_against_reference(audio_frontend_stem.triton, reference.audio_frontend_stem, inputs, NAMES,
                             conditioned_by_torch=True)
-    ref_inputs = leaves(inputs, torch.float64)
-    ref_out = reference.audio_frontend_stem(*ref_inputs)
-    grad = torch.randn_like(ref_out)
-    expected = [ref_out, *torch.autograd.grad(ref_out, ref_inputs, grad)]
+    grad = torch.randn(2, 8, 4000, device="cuda")
+    ref_out, ref_grads = float64_reference(reference.audio_frontend_stem, inputs, grad)
+    expected = [ref_out, *ref_grads]
     out, grads = forward_and_grads(audio_frontend_stem.triton, leaves(inputs), grad)
     for name, actual, reference64 in zip(("output", *NAMES), [out, *grads], expected, strict=True):
         assert relative_error(actual, reference64) <= 1e-3, name

@@ -12,10 +12,9 @@ import torch
 
 from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
-from avfused.ops import _common as ops_common
 from avfused.ops import conv_mlp
 from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
-from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON
+from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON, allow_triton_low_precision_on_cpu, float64_reference
 
 NAMES = ("x", "w_in", "b_in", "w_dw", "b_dw", "w_out", "b_out")
 ext_ops = torch.ops.avfused_ext
@@ -190,11 +189,6 @@ def test_ext_compiled_fullgraph_matches_eager(target):
 # ---------------------------------------------------------------------------------------------
 # triton: the backward kernel, low precision, compile
 # ---------------------------------------------------------------------------------------------
-def float64_grads(inputs, grad):
-    leaves = [t.detach().double().requires_grad_() for t in inputs]
-    return torch.autograd.grad(reference.conv_mlp(*leaves), leaves, grad.double())
-
-
 # (tile pixels, programs, budget, images, H, W): tiles of 4 x 8 pixels with one partial slot per program, all
 # programs adding into one slot (a budget too small for more), a single program over every tile; tiles of two
 # whole 5 x 7 images, the last one half empty
@@ -214,7 +208,7 @@ def test_triton_backward_kernel_matches_float64(target, case, monkeypatch):
     x, w_in, b_in, w_dw, b_dw, w_out, b_out = make_inputs(images, 5, 20, height, width, device=target.device)
     grad = torch.randn_like(x)
     grads = launch_backward(grad, x, w_in, b_in, w_dw.reshape(20, 9), b_dw, w_out, budget)
-    expected = float64_grads([x, w_in, b_in, w_dw, b_dw, w_out, b_out], grad)
+    _, expected = float64_reference(reference.conv_mlp, [x, w_in, b_in, w_dw, b_dw, w_out, b_out], grad)
     for name, mine, theirs in zip(NAMES, grads, expected, strict=True):
         assert_matches_reference(mine.reshape(theirs.shape), theirs, name=f"grad {name}")
 
@@ -238,17 +232,11 @@ def test_triton_backward_workspace_within_saved_activations(shape, monkeypatch):
     assert plan["programs"] >= min(plan["n_tiles"], 8), plan  # and not one program for everything
 
 
-def allow_low_precision_on_cpu(monkeypatch, device):
-    """The interpreter runs fp16 and bf16 kernels; the wrappers take them only on CUDA."""
-    if device == "cpu":
-        monkeypatch.setitem(ops_common.TRITON_DTYPES, "cpu", (torch.float32, torch.float16, torch.bfloat16))
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("target", [TRITON])
 def test_triton_low_precision_within_twice_torch(target, dtype, monkeypatch):
     """fp16 runs fp16 tl.dot (fp32 accumulation) under the interpreter too; bf16 there: bf16 loads, fp32 dots."""
-    allow_low_precision_on_cpu(monkeypatch, target.device)
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
     inputs = make_inputs(3, 8, 40, 7, 9, device=target.device)
     check_low_precision(conv_mlp.triton, reference.conv_mlp, inputs, NAMES, dtype)
 

@@ -12,10 +12,9 @@ import torch
 
 from avfused import reference
 from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
-from avfused.ops import _common as ops_common
 from avfused.ops import large_kernel_attention
 from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
-from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON
+from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON, allow_triton_low_precision_on_cpu, float64_reference
 
 NAMES = ("p", "w5", "b5", "w7", "b7", "w1", "b1")
 ext_ops = torch.ops.avfused_ext
@@ -181,12 +180,6 @@ def test_ext_compiled_fullgraph_matches_eager(target):
 # ---------------------------------------------------------------------------------------------
 # triton: the kernels' tiles and programs, low precision, compile
 # ---------------------------------------------------------------------------------------------
-def float64_grads(inputs, grad):
-    leaves = [t.detach().double().requires_grad_() for t in inputs]
-    out = reference.large_kernel_attention(*leaves)
-    return out, torch.autograd.grad(out, leaves, grad.double())
-
-
 # (tile pixels, images, C, H, W, budget): 2 x 2 tiles of 8 x 8 whose 9- and 11-pixel halos span the map, each
 # program with its own partial slot or all adding into one (a budget too small for more); and tiles of two
 # whole 5 x 7 images each, the last one half empty
@@ -206,7 +199,7 @@ def test_triton_kernels_over_tiles_match_float64(target, case, monkeypatch):
     p, w5, b5, w7, b7, w1, b1 = make_inputs(images, channels, height, width, device=target.device)
     flat = [p, w5.reshape(channels, 25), b5, w7.reshape(channels, 49), b7, w1, b1]
     grad = torch.randn_like(p)
-    expected_out, expected = float64_grads([p, w5, b5, w7, b7, w1, b1], grad)
+    expected_out, expected = float64_reference(reference.large_kernel_attention, [p, w5, b5, w7, b7, w1, b1], grad)
     assert_matches_reference(launch_forward(*flat), expected_out, name="forward")
     grads = launch_backward(grad, *flat, budget_bytes=budget)
     for name, mine, theirs in zip(NAMES, grads, expected, strict=True):
@@ -235,17 +228,11 @@ def test_triton_workspace_within_saved_activations(shape, monkeypatch):
     assert forward_plan(size, gpu)["workspace_bytes"] <= 4 * size.numel()
 
 
-def allow_low_precision_on_cpu(monkeypatch, device):
-    """The interpreter runs fp16 and bf16 kernels; the wrappers take them only on CUDA."""
-    if device == "cpu":
-        monkeypatch.setitem(ops_common.TRITON_DTYPES, "cpu", (torch.float32, torch.float16, torch.bfloat16))
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("target", [TRITON])
 def test_triton_low_precision_within_twice_torch(target, dtype, monkeypatch):
     """fp16 runs fp16 tl.dot (fp32 accumulation) under the interpreter too; bf16 there: bf16 loads, fp32 dots."""
-    allow_low_precision_on_cpu(monkeypatch, target.device)
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
     inputs = make_inputs(1, 20, 7, 9, device=target.device)
     check_low_precision(large_kernel_attention.triton, reference.large_kernel_attention, inputs, NAMES, dtype)
 
