@@ -123,3 +123,20 @@ def opcheck_forward_only(module: ModuleType, inputs: list[torch.Tensor], scalars
     op = getattr(torch.ops.avfused_ext, module.OP).default
     checks = ("test_schema", "test_faketensor", "test_autograd_registration")
     torch.library.opcheck(op, [t.requires_grad_() for t in inputs] + list(scalars), test_utils=checks)
+
+
+def allow_triton_low_precision_on_cpu(monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+    """The Triton interpreter runs fp16 and bf16 kernels; the wrappers take them only on CUDA (avfused.ops._common)."""
+    from avfused.ops import _common
+
+    if device == "cpu":
+        monkeypatch.setitem(_common.TRITON_DTYPES, "cpu", (torch.float32, torch.float16, torch.bfloat16))
+
+
+def float64_reference(reference_fn: Callable, inputs: list[torch.Tensor], grad: torch.Tensor, **kwargs):
+    """reference_fn's output and the gradient of <output, grad> for every input, all in float64."""
+    from avfused.testing import leaves
+
+    ref_inputs = leaves(inputs, torch.float64)
+    out = reference_fn(*ref_inputs, **kwargs)
+    return out, list(torch.autograd.grad(out, ref_inputs, grad.to(out.device, torch.float64)))

@@ -6,8 +6,10 @@
 
 The same function as ``avfused.reference.audio_frontend_stem``, in two backends:
 
-* ``triton`` -- the op ``avfused_triton::audio_frontend_stem`` (kernel: kernels/audio_frontend_stem.py);
-  its backward recomputes the band energies in chunks of time (a few MB each) with torch convolutions.
+* ``triton`` -- the op ``avfused_triton::audio_frontend_stem`` (kernels/audio_frontend_stem.py); its
+  backward op ``avfused_triton::audio_frontend_stem_backward`` is one Triton kernel too: per tile of time
+  it recomputes the band responses, forms their gradient in registers and a small scratch, and never
+  writes a (B, F, S) tensor; the tap and stem-weight gradients are summed over its programs in float64.
 * ``ext`` -- the op ``avfused_ext::audio_frontend_stem`` of the C++/CUDA extension
   (csrc/audio_frontend_stem/); its backward recomputes them with ATen convolutions around one fused
   elementwise kernel.
@@ -22,7 +24,6 @@ analytically because the stem is linear: stem(a - m)[o] = stem(a)[o] - sum_{f, j
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from avfused import reference
 from avfused.errors import InputShapeError
@@ -33,8 +34,6 @@ OP = "audio_frontend_stem"
 EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
 STRIDE = reference.STEM_STRIDE
 TAPS = reference.STEM_KERNEL
-# elements of one (B, F, chunk) intermediate in Triton's chunked backward: 4M floats = 16 MB
-BACKWARD_CHUNK_ELEMENTS = 1 << 22
 
 
 def check_inputs(backend: str, wave: Tensor, low_hz: Tensor, band_hz: Tensor, stem_weight: Tensor,
@@ -63,13 +62,30 @@ def _valid_taps(samples: int, outputs: int, like: Tensor) -> Tensor:
     return ((positions >= 0) & (positions < samples)).to(like.dtype)
 
 
+# Band responses |y| below this fraction of |h_f|_2 * rms(x) are recomputed in float64 (kernels/
+# audio_frontend_stem.py): there fp32's rounding of y (about 1e-6 |h| |x|) would dominate log(|y| + eps)
+# and its gradient. About 1e-3 of the samples; measured against float64, it takes the tap gradients from
+# ~1e-2 (fp32 throughout) to ~1e-4.
+RESCUE_RATIO = 2e-4
+
+
+def _kernel_inputs(x: Tensor, filters: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(x, filters) in float32 for the kernels' dot products, and the per-(clip, filter) rescue thresholds."""
+    x32, filters32 = x.float().contiguous(), filters.float().contiguous()
+    rms = x32.square().mean(dim=1).sqrt()
+    threshold = RESCUE_RATIO * rms[:, None] * filters32.norm(dim=1)[None, :]
+    return x32, filters32, threshold.contiguous()
+
+
 @torch.library.custom_op("avfused_triton::audio_frontend_stem", mutates_args=())
 def triton_forward(x: Tensor, filters: Tensor, stem_weight: Tensor, log_eps: float) -> tuple[Tensor, Tensor]:
-    """x (B, S), filters (F, K), stem_weight (C, F, 7), all float32 contiguous -> (out (B, C, O), mean (B, F))."""
+    """x (B, S), filters (F, K): float32 or float64 (the rescue then recomputes from the exact values);
+    stem_weight (C, F, 7) float32; all contiguous -> float32 (out (B, C, O), mean (B, F))."""
     from avfused.kernels.audio_frontend_stem import launch_forward
 
     samples = x.shape[1]
-    same, nxt, sums = launch_forward(x, filters, stem_weight, log_eps)
+    x32, filters32, threshold = _kernel_inputs(x, filters)
+    same, nxt, sums = launch_forward(x32, filters32, x, filters, threshold, stem_weight, log_eps)
     mean = sums.sum(dim=1) / samples
     out = same.clone()
     out[:, :, 1:] += nxt[:, :, :-1]
@@ -82,47 +98,27 @@ def triton_forward(x: Tensor, filters: Tensor, stem_weight: Tensor, log_eps: flo
 def _(x: Tensor, filters: Tensor, stem_weight: Tensor, log_eps: float) -> tuple[Tensor, Tensor]:
     batch, samples = x.shape
     outputs = -(-samples // STRIDE)
-    return x.new_empty(batch, stem_weight.shape[0], outputs), x.new_empty(batch, filters.shape[0])
+    return (x.new_empty(batch, stem_weight.shape[0], outputs, dtype=torch.float32),
+            x.new_empty(batch, filters.shape[0], dtype=torch.float32))
 
 
 @torch.library.custom_op("avfused_triton::audio_frontend_stem_backward", mutates_args=())
 def triton_backward(
     grad: Tensor, x: Tensor, filters: Tensor, stem_weight: Tensor, mean: Tensor, log_eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients (dx, dfilters, dstem_weight) of triton_forward's first output, recomputing in time chunks."""
-    batch, samples = x.shape
-    num_filters, taps = filters.shape
-    half = taps // 2
-    outputs = grad.shape[2]
+    """Gradients (dx, dfilters, dstem_weight) of triton_forward's first output, in one Triton kernel; each in
+    its input's dtype (float64 x and filters get float64 gradients, their sums never rounded to fp32)."""
+    from avfused.kernels.audio_frontend_stem import launch_backward
+
+    samples, outputs = x.shape[1], grad.shape[2]
     per_output_tap = torch.einsum("bco,jo->bcj", grad, _valid_taps(samples, outputs, grad))
     # dL/dm (B, F): the mean is subtracted at every valid tap; spread back as -dL/dm / S over [0, S)
     mean_grad = torch.einsum("cfj,bcj->bf", stem_weight, per_output_tap)
-    d_weight = -torch.einsum("bf,bcj->cfj", mean, per_output_tap)
-    d_filters = torch.zeros_like(filters)
-    # positions -3 - half .. 4 O - 1 + half, so every chunk window is a plain slice
-    x_padded = F.pad(x, (half + TAPS // 2, STRIDE * outputs - samples + half))
-    dx_padded = torch.zeros_like(x_padded)
-    kernel = filters[:, None, :]
-    chunk = max(1, BACKWARD_CHUNK_ELEMENTS // (STRIDE * batch * num_filters))
-    for o0 in range(0, outputs, chunk):
-        o1 = min(outputs, o0 + chunk)
-        first = STRIDE * o0 - TAPS // 2  # first position the stem reads for outputs o0..o1-1
-        span = STRIDE * (o1 - o0) + TAPS - STRIDE
-        window = x_padded[:, STRIDE * o0 : STRIDE * o0 + span + taps - 1]
-        y = F.conv1d(window[:, None, :], kernel)
-        positions = first + torch.arange(span, device=x.device)
-        inside = ((positions >= 0) & (positions < samples)).to(y.dtype)
-        bands = torch.log(y.abs() + log_eps) * inside
-        grad_chunk = grad[:, :, o0:o1]
-        d_weight += torch.nn.grad.conv1d_weight(bands, stem_weight.shape, grad_chunk, stride=STRIDE)
-        d_bands = F.conv_transpose1d(grad_chunk, stem_weight, stride=STRIDE)
-        owned = ((positions >= STRIDE * o0) & (positions < STRIDE * o1)).to(y.dtype)
-        d_bands = (d_bands - owned * mean_grad[:, :, None] / samples) * inside
-        d_y = d_bands * torch.sign(y) / (y.abs() + log_eps)
-        d_filters += torch.nn.grad.conv1d_weight(window[:, None, :], kernel.shape, d_y)[:, 0]
-        dx_padded[:, STRIDE * o0 : STRIDE * o0 + span + taps - 1] += F.conv_transpose1d(d_y, kernel)[:, 0]
-    dx = dx_padded[:, half + TAPS // 2 : half + TAPS // 2 + samples].contiguous()
-    return dx, d_filters.contiguous(), d_weight.contiguous()  # strides as the fake promises
+    x32, filters32, threshold = _kernel_inputs(x, filters)
+    dx, d_filters, d_weight = launch_backward(grad, x32, filters32, x, filters, threshold, stem_weight,
+                                              (mean_grad / samples).contiguous(), log_eps)
+    d_weight -= torch.einsum("bf,bcj->cfj", mean.double(), per_output_tap.double())
+    return dx.to(x.dtype), d_filters.to(filters.dtype), d_weight.to(stem_weight.dtype)
 
 
 @triton_backward.register_fake
@@ -165,9 +161,7 @@ def triton(
     filters = reference.sinc_filterbank(
         low_hz.double(), band_hz.double(), kernel_size, sample_rate, min_low_hz, min_band_hz
     )
-    out, _ = triton_forward(
-        float32_contiguous(x), float32_contiguous(filters), float32_contiguous(stem_weight), float(log_eps)
-    )
+    out, _ = triton_forward(x.contiguous(), filters.contiguous(), float32_contiguous(stem_weight), float(log_eps))
     return out.to(wave.dtype)
 
 

@@ -6,9 +6,11 @@
 The same function as ``avfused.reference.conv_mlp``, in two backends, both on the op's flattened weights
 (w_in (E, C), w_dw (E, 9), w_out (C, E)), neither writing the (N, E, H, W) expansion to memory:
 
-* ``triton`` -- the op ``avfused_triton::conv_mlp``: the forward in one Triton kernel
-  (kernels/conv_mlp.py). Its backward recomputes the hidden layer in chunks of expanded channels with
-  torch convolutions, so at most (N, chunk, H, W) of the (N, E, H, W) tensor exists at once.
+* ``triton`` -- the op ``avfused_triton::conv_mlp``: the forward in one Triton kernel and the backward
+  op ``avfused_triton::conv_mlp_backward`` in another (kernels/conv_mlp.py); the backward recomputes
+  the hidden layer per pixel tile in registers and a small scratch, and its working memory (scratch and
+  weight-gradient partials) stays within the size of the tensors the forward saves (x and the weights).
+  fp16 / bf16 tensors (CUDA) are read as they are and computed with fp32 accumulation.
 * ``ext`` -- the op ``avfused_ext::conv_mlp`` and its backward op ``avfused_ext::conv_mlp_backward``
   (csrc/conv_mlp/). CPU: fused per image in C++ (float32), a few expanded channels at a time; CUDA: one
   kernel per tile of every channel, the expanded channels in chunks in shared memory (float32, float16 and
@@ -22,7 +24,6 @@ The same function as ``avfused.reference.conv_mlp``, in two backends, both on th
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
@@ -31,7 +32,6 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
-    float32_contiguous,
     reference_on_gpu,
 )
 
@@ -41,8 +41,6 @@ EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
 EXT_CUDA_MAX_CHANNELS = 256  # the CUDA kernels keep every channel of a tile in shared memory (wider: the reference)
 EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for x
 TRITON_MAX_CHANNELS = 256  # the Triton kernel holds all channels of a pixel in registers
-# elements of one (N, chunk, H, W) hidden tensor in Triton's backward: 4M floats = 16 MB
-BACKWARD_CHUNK_ELEMENTS = 1 << 22
 
 
 def check_inputs(backend: str, x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out: Tensor,
@@ -74,7 +72,8 @@ def _flat_weights(x: Tensor, w_in: Tensor, w_dw: Tensor, w_out: Tensor) -> tuple
 def triton_forward(
     x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out: Tensor, b_out: Tensor
 ) -> Tensor:
-    """x (N, C, H, W), w_in (E, C), w_dw (E, 9), w_out (C, E), biases; float32 contiguous."""
+    """x (N, C, H, W), w_in (E, C), w_dw (E, 9), w_out (C, E), biases; contiguous, float32 (or fp16 / bf16 on
+    CUDA) -> (N, C, H, W) in x's dtype."""
     from avfused.kernels.conv_mlp import launch_forward
 
     return launch_forward(x, w_in, b_in, w_dw, b_dw, w_out, b_out)
@@ -89,34 +88,10 @@ def _(x, w_in, b_in, w_dw, b_dw, w_out, b_out):
 def triton_backward(
     grad: Tensor, x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of triton_forward for its seven inputs, in chunks of expanded channels."""
-    images, channels, height, width = x.shape
-    expanded = w_in.shape[0]
-    chunk = max(1, BACKWARD_CHUNK_ELEMENTS // (images * height * width))
-    dx = torch.zeros_like(x)
-    d_w_in, d_b_in = w_in.new_empty(w_in.shape), b_in.new_empty(b_in.shape)
-    d_w_dw, d_b_dw = w_dw.new_empty(w_dw.shape), b_dw.new_empty(b_dw.shape)
-    d_w_out = w_out.new_empty(w_out.shape)
-    for e0 in range(0, expanded, chunk):
-        part = slice(e0, min(expanded, e0 + chunk))
-        count = part.stop - part.start
-        depthwise = w_dw[part].reshape(count, 1, 3, 3)
-        hidden = F.conv2d(x, w_in[part, :, None, None], b_in[part])
-        pre = F.conv2d(hidden, depthwise, b_dw[part], padding=1, groups=count)
-        activated = pre.clamp_min(0)
-        d_w_out[:, part] = torch.einsum("nchw,nehw->ce", grad, activated)
-        d_pre = torch.einsum("ce,nchw->nehw", w_out[:, part], grad) * (pre > 0)
-        d_b_dw[part] = d_pre.sum(dim=(0, 2, 3))
-        d_w_dw[part] = torch.nn.grad.conv2d_weight(hidden, depthwise.shape, d_pre, padding=1, groups=count).reshape(
-            count, 9
-        )
-        d_hidden = torch.nn.grad.conv2d_input(hidden.shape, depthwise, d_pre, padding=1, groups=count)
-        d_b_in[part] = d_hidden.sum(dim=(0, 2, 3))
-        d_w_in[part] = torch.einsum("nehw,nchw->ec", d_hidden, x)
-        dx += torch.einsum("ec,nehw->nchw", w_in[part], d_hidden)
-    d_b_out = grad.sum(dim=(0, 2, 3))
-    # contiguous, as the fake implementation promises torch.compile
-    return tuple(g.contiguous() for g in (dx, d_w_in, d_b_in, d_w_dw, d_b_dw, d_w_out, d_b_out))
+    """Gradients of triton_forward for its seven inputs (d_b_out in grad's dtype), in one Triton kernel."""
+    from avfused.kernels.conv_mlp import launch_backward
+
+    return launch_backward(grad, x, w_in, b_in, w_dw, b_dw, w_out)
 
 
 @triton_backward.register_fake
@@ -148,8 +123,7 @@ def triton(x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_
             f"got {x.shape[1]}"
         )
     w_in, w_dw, w_out = _flat_weights(x, w_in, w_dw, w_out)
-    out = triton_forward(*(float32_contiguous(t) for t in (x, w_in, b_in, w_dw, b_dw, w_out, b_out)))
-    return out.to(x.dtype)
+    return triton_forward(*(t.contiguous() for t in (x, w_in, b_in, w_dw, b_dw, w_out, b_out)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,10 +6,12 @@
 The same function as ``avfused.reference.large_kernel_attention``, in two backends, both on the op's
 flattened weights (w5 (C, 25), w7 (C, 49), w1 (C, C)):
 
-* ``triton`` -- the op ``avfused_triton::large_kernel_attention``: the forward in two Triton kernels
-  (kernels/large_kernel_attention.py); it keeps only p for the backward (the reference keeps four
-  (N, C, H, W) tensors), and the backward op recomputes the two depthwise stages (the first with the
-  Triton kernel) and does the rest with torch convolutions.
+* ``triton`` -- the op ``avfused_triton::large_kernel_attention``: the forward in one Triton kernel
+  per tile with its halo (kernels/large_kernel_attention.py; the dw5x5 context never reaches global
+  memory); it keeps only p for the backward (the reference keeps four (N, C, H, W) tensors), and the
+  backward op ``avfused_triton::large_kernel_attention_backward`` is one Triton kernel too, its working
+  memory within the size of p and the weights. fp16 / bf16 tensors (CUDA) are read as they are and
+  computed with fp32 accumulation.
 * ``ext`` -- the op ``avfused_ext::large_kernel_attention`` and its backward op
   ``avfused_ext::large_kernel_attention_backward`` (csrc/large_kernel_attention/). CPU: fused per image in
   C++ (float32); CUDA: one kernel per tile of every channel, the tile and its halo staged in shared memory
@@ -24,7 +26,6 @@ flattened weights (w5 (C, 25), w7 (C, 49), w1 (C, C)):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
@@ -33,7 +34,6 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
-    float32_contiguous,
     reference_on_gpu,
 )
 
@@ -69,7 +69,8 @@ def _flat_weights(p: Tensor, w5: Tensor, w7: Tensor, w1: Tensor) -> tuple[Tensor
 # ---------------------------------------------------------------------------------------------
 @torch.library.custom_op("avfused_triton::large_kernel_attention", mutates_args=())
 def triton_forward(p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
-    """p (N, C, H, W), w5 (C, 25), w7 (C, 49), w1 (C, C), biases (C,); float32 contiguous."""
+    """p (N, C, H, W), w5 (C, 25), w7 (C, 49), w1 (C, C), biases (C,); contiguous, float32 (or fp16 / bf16 on
+    CUDA) -> (N, C, H, W) in p's dtype."""
     from avfused.kernels.large_kernel_attention import launch_forward
 
     return launch_forward(p, w5, b5, w7, b7, w1, b1)
@@ -84,28 +85,10 @@ def _(p, w5, b5, w7, b7, w1, b1):
 def triton_backward(
     grad: Tensor, p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor, b1: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of triton_forward for its seven inputs."""
-    from avfused.kernels.large_kernel_attention import launch_depthwise5
+    """Gradients of triton_forward for its seven inputs, in one Triton kernel."""
+    from avfused.kernels.large_kernel_attention import launch_backward
 
-    channels = p.shape[1]
-    kernel5, kernel7 = w5.reshape(channels, 1, 5, 5), w7.reshape(channels, 1, 7, 7)
-    ctx1 = launch_depthwise5(p, w5, b5)
-    ctx2 = F.conv2d(ctx1, kernel7, b7, padding=9, dilation=3, groups=channels)
-    gate = torch.einsum("cd,ndhw->nchw", w1, ctx2) + b1[:, None, None]
-    dp = grad * gate
-    d_gate = grad * p
-    d_b1 = d_gate.sum(dim=(0, 2, 3))
-    d_w1 = torch.einsum("nchw,ndhw->cd", d_gate, ctx2)
-    d_ctx2 = torch.einsum("cd,nchw->ndhw", w1, d_gate)
-    d_b7 = d_ctx2.sum(dim=(0, 2, 3))
-    conv7 = dict(padding=9, dilation=3, groups=channels)
-    d_w7 = torch.nn.grad.conv2d_weight(ctx1, kernel7.shape, d_ctx2, **conv7).reshape(channels, 49)
-    d_ctx1 = torch.nn.grad.conv2d_input(ctx1.shape, kernel7, d_ctx2, **conv7)
-    d_b5 = d_ctx1.sum(dim=(0, 2, 3))
-    d_w5 = torch.nn.grad.conv2d_weight(p, kernel5.shape, d_ctx1, padding=2, groups=channels).reshape(channels, 25)
-    dp = dp + torch.nn.grad.conv2d_input(p.shape, kernel5, d_ctx1, padding=2, groups=channels)
-    # contiguous, as the fake implementation promises torch.compile
-    return tuple(g.contiguous() for g in (dp, d_w5, d_b5, d_w7, d_b7, d_w1, d_b1))
+    return launch_backward(grad, p, w5, b5, w7, b7, w1, b1)
 
 
 @triton_backward.register_fake
@@ -133,8 +116,7 @@ def triton(p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor
             f"got {p.shape[1]}"
         )
     w5, w7, w1 = _flat_weights(p, w5, w7, w1)
-    out = triton_forward(*(float32_contiguous(t) for t in (p, w5, b5, w7, b7, w1, b1)))
-    return out.to(p.dtype)
+    return triton_forward(*(t.contiguous() for t in (p, w5, b5, w7, b7, w1, b1)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import conv_mlp
 from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
-from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON
+from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON, allow_triton_low_precision_on_cpu, float64_reference
 
 NAMES = ("x", "w_in", "b_in", "w_dw", "b_dw", "w_out", "b_out")
 ext_ops = torch.ops.avfused_ext
@@ -47,8 +47,12 @@ def check(target, inputs):
 
 @pytest.fixture
 def small_triton_backward_chunks(monkeypatch):
-    """A few expanded channels per chunk of Triton's backward, so chunk seams are tested."""
-    monkeypatch.setattr(conv_mlp, "BACKWARD_CHUNK_ELEMENTS", 7 * 3 * 6 * 11)
+    """Small pixel tiles and three persistent programs in Triton's backward, so tile seams, several tiles per
+    program and the sum of the programs' partial slots are tested."""
+    from avfused.kernels import _common as kernel_common
+
+    monkeypatch.setattr(kernel_common, "INTERPRETER_TILE_PIXELS", 64)
+    monkeypatch.setattr(kernel_common, "INTERPRETER_PROGRAMS", 3)
 
 
 # (images, channels, expanded, height, width, 1x1 weights as convs): odd maps, E not a multiple of the
@@ -181,6 +185,75 @@ def test_ext_compiled_fullgraph_matches_eager(target):
     tolerance = dict(rtol=1e-5, atol=1e-5) if target.device == "cuda" else {}  # CUDA sums weights with atomics
     for mine, theirs in zip(leaves, eager_leaves, strict=True):
         torch.testing.assert_close(mine.grad, theirs.grad, **tolerance)
+
+
+# ---------------------------------------------------------------------------------------------
+# triton: the backward kernel, low precision, compile
+# ---------------------------------------------------------------------------------------------
+# (tile pixels, programs, budget, images, H, W): tiles of 4 x 8 pixels with one partial slot per program, all
+# programs adding into one slot (a budget too small for more), a single program over every tile; tiles of two
+# whole 5 x 7 images, the last one half empty
+BACKWARD_CASES = [(32, 3, None, 3, 9, 7), (32, 3, 1, 3, 9, 7), (32, 1, None, 3, 9, 7), (128, 3, None, 5, 5, 7)]
+
+
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=["slot-each", "one-slot", "one-program", "two-images-a-tile"])
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_backward_kernel_matches_float64(target, case, monkeypatch):
+    """The backward op on its own, over several tiles."""
+    from avfused.kernels import _common as kernel_common
+    from avfused.kernels.conv_mlp import launch_backward
+
+    tile_pixels, programs, budget, images, height, width = case
+    monkeypatch.setattr(kernel_common, "INTERPRETER_TILE_PIXELS", tile_pixels)
+    monkeypatch.setattr(kernel_common, "INTERPRETER_PROGRAMS", programs)
+    x, w_in, b_in, w_dw, b_dw, w_out, b_out = make_inputs(images, 5, 20, height, width, device=target.device)
+    grad = torch.randn_like(x)
+    grads = launch_backward(grad, x, w_in, b_in, w_dw.reshape(20, 9), b_dw, w_out, budget)
+    _, expected = float64_reference(reference.conv_mlp, [x, w_in, b_in, w_dw, b_dw, w_out, b_out], grad)
+    for name, mine, theirs in zip(NAMES, grads, expected, strict=True):
+        assert_matches_reference(mine.reshape(theirs.shape), theirs, name=f"grad {name}")
+
+
+MODEL_MLP_SHAPES = [  # (images = batch 4 x 10 frames, C, E, H, W) of the small model's four stages, and batch 1
+    (40, 8, 32, 56, 56), (40, 16, 64, 28, 28), (40, 32, 128, 14, 14), (40, 64, 256, 7, 7), (10, 64, 256, 7, 7),
+]
+
+
+@pytest.mark.parametrize("shape", MODEL_MLP_SHAPES)
+def test_triton_backward_workspace_within_saved_activations(shape, monkeypatch):
+    """On a GPU with 132 SMs, the backward's scratch and partial slots fit in the size of what the forward saved."""
+    from avfused.kernels import _common as kernel_common
+    from avfused.kernels.conv_mlp import backward_plan
+
+    monkeypatch.setattr(kernel_common, "program_cap", lambda device: 264)
+    images, channels, expanded, height, width = shape
+    saved = 4 * (images * channels * height * width + 2 * expanded * channels + 11 * expanded)
+    plan = backward_plan(torch.Size((images, channels, height, width)), expanded, torch.device("cuda"), saved)
+    assert plan["workspace_bytes"] <= saved
+    assert plan["programs"] >= min(plan["n_tiles"], 8), plan  # and not one program for everything
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision_within_twice_torch(target, dtype, monkeypatch):
+    """fp16 runs fp16 tl.dot (fp32 accumulation) under the interpreter too; bf16 there: bf16 loads, fp32 dots."""
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    inputs = make_inputs(3, 8, 40, 7, 9, device=target.device)
+    check_low_precision(conv_mlp.triton, reference.conv_mlp, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_backward_opcheck(target):
+    args = flat_args(target)
+    grad = torch.randn_like(args[0])
+    torch.library.opcheck(conv_mlp.triton_backward, [grad, *args[:6]], test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_compiled_fullgraph_matches_float64(target):
+    """torch.compile(fullgraph=True) traces the forward and backward ops; both against float64."""
+    compiled = torch.compile(conv_mlp.triton, fullgraph=True, backend="aot_eager")
+    check_against_reference(compiled, reference.conv_mlp, make_inputs(2, 4, 16, 6, 5, device=target.device), NAMES)
 
 
 @pytest.mark.gpu

@@ -13,7 +13,7 @@ from avfused import reference
 from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import large_kernel_attention
 from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
-from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON
+from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON, allow_triton_low_precision_on_cpu, float64_reference
 
 NAMES = ("p", "w5", "b5", "w7", "b7", "w1", "b1")
 ext_ops = torch.ops.avfused_ext
@@ -175,6 +175,82 @@ def test_ext_compiled_fullgraph_matches_eager(target):
     tolerance = dict(rtol=1e-5, atol=1e-5) if target.device == "cuda" else {}  # CUDA sums weights with atomics
     for mine, theirs in zip(leaves, eager_leaves, strict=True):
         torch.testing.assert_close(mine.grad, theirs.grad, **tolerance)
+
+
+# ---------------------------------------------------------------------------------------------
+# triton: the kernels' tiles and programs, low precision, compile
+# ---------------------------------------------------------------------------------------------
+# (tile pixels, images, C, H, W, budget): 2 x 2 tiles of 8 x 8 whose 9- and 11-pixel halos span the map, each
+# program with its own partial slot or all adding into one (a budget too small for more); and tiles of two
+# whole 5 x 7 images each, the last one half empty
+TILE_CASES = [(64, 1, 5, 11, 13, None), (64, 1, 5, 11, 13, 1), (128, 5, 4, 5, 7, None)]
+
+
+@pytest.mark.parametrize("case", TILE_CASES, ids=["slot-each", "one-slot", "two-images-a-tile"])
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_kernels_over_tiles_match_float64(target, case, monkeypatch):
+    """Forward and backward kernels over several tiles, three persistent programs."""
+    from avfused.kernels import _common as kernel_common
+    from avfused.kernels.large_kernel_attention import launch_backward, launch_forward
+
+    tile_pixels, images, channels, height, width, budget = case
+    monkeypatch.setattr(kernel_common, "INTERPRETER_TILE_PIXELS", tile_pixels)
+    monkeypatch.setattr(kernel_common, "INTERPRETER_PROGRAMS", 3)
+    p, w5, b5, w7, b7, w1, b1 = make_inputs(images, channels, height, width, device=target.device)
+    flat = [p, w5.reshape(channels, 25), b5, w7.reshape(channels, 49), b7, w1, b1]
+    grad = torch.randn_like(p)
+    expected_out, expected = float64_reference(reference.large_kernel_attention, [p, w5, b5, w7, b7, w1, b1], grad)
+    assert_matches_reference(launch_forward(*flat), expected_out, name="forward")
+    grads = launch_backward(grad, *flat, budget_bytes=budget)
+    for name, mine, theirs in zip(NAMES, grads, expected, strict=True):
+        assert_matches_reference(mine.reshape(theirs.shape), theirs, name=f"grad {name}")
+
+
+MODEL_LKA_SHAPES = [  # (images = batch 4 x 10 frames, C, H, W) of the small model's four stages, and batch 1
+    (40, 8, 56, 56), (40, 16, 28, 28), (40, 32, 14, 14), (40, 64, 7, 7), (10, 64, 7, 7),
+]
+
+
+@pytest.mark.parametrize("shape", MODEL_LKA_SHAPES)
+def test_triton_workspace_within_saved_activations(shape, monkeypatch):
+    """On a GPU with 132 SMs: the backward's scratch and partial slots fit in the size of what the forward
+    saved (p and the weights), the forward's scratch in the size of p (a c1 tensor)."""
+    from avfused.kernels import _common as kernel_common
+    from avfused.kernels.large_kernel_attention import backward_plan, forward_plan
+
+    monkeypatch.setattr(kernel_common, "program_cap", lambda device: 264)
+    images, channels, height, width = shape
+    saved = 4 * (images * channels * height * width + channels * (channels + 77))
+    size, gpu = torch.Size(shape), torch.device("cuda")
+    plan = backward_plan(size, gpu, saved)
+    assert plan["workspace_bytes"] <= saved
+    assert plan["programs"] >= min(plan["n_tiles"], 8), plan  # and not one program for everything
+    assert forward_plan(size, gpu)["workspace_bytes"] <= 4 * size.numel()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision_within_twice_torch(target, dtype, monkeypatch):
+    """fp16 runs fp16 tl.dot (fp32 accumulation) under the interpreter too; bf16 there: bf16 loads, fp32 dots."""
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    inputs = make_inputs(1, 20, 7, 9, device=target.device)
+    check_low_precision(large_kernel_attention.triton, reference.large_kernel_attention, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_backward_opcheck(target):
+    args = flat_args(target)
+    grad = torch.randn_like(args[0])
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(large_kernel_attention.triton_backward, [grad, *args], test_utils=checks)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_compiled_fullgraph_matches_float64(target):
+    """torch.compile(fullgraph=True) traces the forward and backward ops; both against float64."""
+    compiled = torch.compile(large_kernel_attention.triton, fullgraph=True, backend="aot_eager")
+    check_against_reference(compiled, reference.large_kernel_attention, make_inputs(1, 4, 6, 5, device=target.device),
+                            NAMES)
 
 
 @pytest.mark.gpu
