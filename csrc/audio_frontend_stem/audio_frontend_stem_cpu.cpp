@@ -172,7 +172,7 @@ AVFUSED_INLINE void run_tiles_impl(const TileArgs& a, int64_t unit_begin, int64_
   const bool exact = a.exact_below > 0;
   std::vector<float> window(G::kPaddedPositions + k_count + 2 * W);
   std::vector<double> window64(exact ? G::kPaddedPositions + k_count : 0);
-  std::vector<float> threshold(G::kPaddedPositions + W);  // exact_below * rms of each position's inputs
+  std::vector<float> threshold(G::kPaddedPositions + W, 0.f);  // exact_below * rms of each position's inputs
   std::vector<float> y(kFilterBlock * G::kPaddedPositions);
   std::vector<float> log_energy(G::kPaddedPositions + W);
   std::vector<float> phases(4 * G::kPhaseLen);
@@ -217,13 +217,13 @@ AVFUSED_INLINE void run_tiles_impl(const TileArgs& a, int64_t unit_begin, int64_
         if (exact) {  // near-zero responses: float64 from the float64 inputs
           const float norm = a.norms[f];
           const double* h64 = a.taps64 + f * k_count;
-          for (int64_t i = valid_begin; i < valid_end; ++i) {
-            if (i % 8 == 0 && i + 8 <= valid_end && !any_below<8>(yf + i, threshold.data() + i, norm)) {
-              i += 7;
-              continue;
-            }
-            if (std::fabs(yf[i]) < threshold[i] * norm) {
-              le[i] = static_cast<float>(std::log(std::fabs(dot64(h64, window64.data() + i, k_count)) + a.log_eps));
+          for (int64_t i = valid_begin / 8 * 8; i < valid_end; i += 8) {
+            if (!any_below<8>(yf + i, threshold.data() + i, norm)) continue;
+            for (int64_t lane = std::max(i, valid_begin); lane < std::min(i + 8, valid_end); ++lane) {
+              if (std::fabs(yf[lane]) < threshold[lane] * norm) {
+                const double y64 = dot64(h64, window64.data() + lane, k_count);
+                le[lane] = static_cast<float>(std::log(std::fabs(y64) + a.log_eps));
+              }
             }
           }
         }
@@ -575,39 +575,38 @@ AVFUSED_INLINE void backward_tiles_impl(const BackwardArgs& a, int64_t unit_begi
           am[(t & 3) * Q + (t >> 2)] = 0.f;
           dyf[(t & 3) * Q + (t >> 2)] = 0.f;
         }
-        if (exact) {  // near-zero responses: y, a and dy in float64, their dh and dx in float64
+        if (exact) {  // near-zero responses: y, a and dy in float64, their share of dh and dx in float64
           const float norm = a.norms[f];
           const double* h64 = a.taps64 + f * K;
-          for (int64_t i = 0; i < 4 * Q; ++i) {
-            if (i % W == 0 && !any_below<W>(yf + i, threshold.data() + i, norm)) {
-              i += W - 1;
-              continue;
+          const auto recompute = [&](int64_t i) {
+            const int r = static_cast<int>(i / Q);
+            const int64_t q = i % Q, t = 4 * q + r;
+            const double y64 = dot64(h64, xw64.data() + t, K);
+            const double magnitude = std::fabs(y64) + a.log_eps;
+            am[i] = static_cast<float>(std::log(magnitude) - mean);
+            dyf[i] = 0.f;  // taken out of the float32 sums
+            if (!need_dy || y64 == 0.0) return;
+            double g = 0;  // G at t, in float64
+            for (int64_t c = 0; c < C; ++c) {
+              const int64_t wc = c * F * kStemKernel;
+              g += static_cast<double>(wf[r + 3][wc]) * gt[c * g_stride + q];
+              if (r > 0) g += static_cast<double>(wf[r - 1][wc]) * gt[c * g_stride + q + 1];
             }
-            if (!(std::fabs(yf[i]) < threshold[i] * norm)) continue;
-            {
-              const int r = static_cast<int>(i / Q);
-              const int64_t q = i % Q, t = 4 * q + r;
-              const double y64 = dot64(h64, xw64.data() + t, K);
-              const double magnitude = std::fabs(y64) + a.log_eps;
-              am[r * Q + q] = static_cast<float>(std::log(magnitude) - mean);
-              dyf[r * Q + q] = 0.f;  // taken out of the float32 sums
-              if (!need_dy || y64 == 0.0) continue;
-              double g = 0;  // G at t, in float64
-              for (int64_t c = 0; c < C; ++c) {
-                const int64_t wc = c * F * kStemKernel;
-                g += static_cast<double>(wf[r + 3][wc]) * gt[c * g_stride + q];
-                if (r > 0) g += static_cast<double>(wf[r - 1][wc]) * gt[c * g_stride + q + 1];
-              }
-              const double d = (g - gmean) / magnitude * (y64 > 0 ? 1.0 : -1.0);
-              if (need_dh) {
-                double* row = dh_acc + f * K;
-                const double* xs = xw64.data() + t;
-                for (int64_t k = 0; k < K; ++k) row[k] += d * xs[k];
-              }
-              if (need_dx) {
-                double* out = dxl.data() + t;
-                for (int64_t k = 0; k < K; ++k) out[k] += d * h64[k];
-              }
+            const double d = (g - gmean) / magnitude * (y64 > 0 ? 1.0 : -1.0);
+            if (need_dh) {
+              double* row = dh_acc + f * K;
+              const double* xs = xw64.data() + t;
+              for (int64_t k = 0; k < K; ++k) row[k] += d * xs[k];
+            }
+            if (need_dx) {
+              double* out = dxl.data() + t;
+              for (int64_t k = 0; k < K; ++k) out[k] += d * h64[k];
+            }
+          };
+          for (int64_t i = 0; i < 4 * Q; i += W) {
+            if (!any_below<W>(yf + i, threshold.data() + i, norm)) continue;
+            for (int64_t lane = i; lane < i + W; ++lane) {
+              if (std::fabs(yf[lane]) < threshold[lane] * norm) recompute(lane);
             }
           }
         }

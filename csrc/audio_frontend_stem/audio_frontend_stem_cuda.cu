@@ -488,15 +488,21 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();  // the list is complete; the float32 shares are in
     const int listed = exact ? *list_count : 0;
-    if (listed > 0) {  // the float64 share, each accumulator entry written by one thread: dh by tap, dx by position
-      for (int e = 0; e < listed; ++e) {
-        const int pos = list_index[e] / kGroup, fl = list_index[e] - pos * kGroup;
-        const double value = list_value[e];
-        if (need_dh) {
-          for (int k = tid; k < taps; k += kThreads) dh_acc[fl * taps + k] += value * window64[pos + k];
+    if (listed > 0) {  // the float64 share; every accumulator entry has one thread for the whole list
+      if (need_dh) {  // thread k: taps k, k + 256, ...
+        for (int e = 0; e < listed; ++e) {
+          const int pos = list_index[e] / kGroup, fl = list_index[e] - pos * kGroup;
+          for (int k = tid; k < taps; k += kThreads) dh_acc[fl * taps + k] += list_value[e] * window64[pos + k];
         }
-        if (need_dx) {
-          for (int u = pos + tid; u < pos + taps; u += kThreads) dxl[u] += value * h64[fl * taps + u - pos];
+      }
+      if (need_dx) {  // thread u: dx positions u, u + 256, ...
+        for (int u = tid; u < l.dx_len; u += kThreads) {
+          double sum = 0.0;
+          for (int e = 0; e < listed; ++e) {
+            const int pos = list_index[e] / kGroup, fl = list_index[e] - pos * kGroup;
+            if (u >= pos && u < pos + taps) sum += list_value[e] * h64[fl * taps + u - pos];
+          }
+          dxl[u] += sum;
         }
       }
     }

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avfused import reference
+from avfused import backends, reference
 from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import audio_frontend_stem
 from avfused.testing import (
@@ -418,6 +418,20 @@ def test_ext_exact_recompute_is_what_fixes_the_near_zero_responses(target):
     assert errors[audio_frontend_stem.EXACT_BELOW] < 1e-4 < errors[0.0], errors
 
 
+@pytest.mark.parametrize("shape", [(2, 1001, 8, 51, 3), (1, 37, 5, 251, 2)])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
+def test_ext_float64_path_alone_is_float64_exact(target, shape):
+    """Every response through the float64 recompute (exact_below huge): at log_eps = 1e-6, where float32
+    misses by ~1e-2, dx and dh are float64-exact (their float32 sums carry nothing) and the output and dw are
+    rounded only by the float32 stem."""
+    inputs = op_inputs(shape, target.device)
+    grad = torch.randn(shape[0], shape[4], -(-shape[1] // 4))
+    out, _, grads = raw_grads(inputs, grad, 1e-6, 1e30, True)
+    ref, ref_grads = reference_grads(inputs, grad, 1e-6, True)
+    assert relative_error(out, ref) <= 1e-6 and relative_error(grads[2], ref_grads[2]) <= 1e-6
+    assert relative_error(grads[0], ref_grads[0]) <= 1e-7 and relative_error(grads[1], ref_grads[1]) <= 1e-7
+
+
 @pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_ext_opcheck_float64_inputs_and_flags(target):
     inputs = op_inputs((2, 301, 6, 31, 3), target.device)
@@ -456,3 +470,11 @@ def test_ext_gpu_backward_matches_the_cpu_kernel(target, linear_phase):
         assert relative_error(gpu_mean, cpu_mean) <= 1e-4
         for name, mine, theirs in zip(("x", "filters", "stem_weight"), gpu_grads, cpu_grads, strict=True):
             assert relative_error(mine, theirs) <= (1e-4 if log_eps == 1e-2 else 1e-3), (log_eps, name)
+
+
+def test_auto_trains_the_front_end_on_the_cpp_path_on_the_cpu(monkeypatch):
+    """Its fused training step measured faster than the reference there; the other ops still train on it."""
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device=None: None)  # every backend "runs"
+    assert backends.get_op(audio_frontend_stem.OP, "auto", "cpu", training=True) is audio_frontend_stem.ext
+    assert backends.get_op("conv_mlp", "auto", "cpu", training=True) is reference.conv_mlp
+    assert backends.get_op(audio_frontend_stem.OP, "torch", "cpu", training=True) is reference.audio_frontend_stem
