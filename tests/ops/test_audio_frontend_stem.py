@@ -14,10 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avfused import reference
+from avfused import backends, reference
 from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import audio_frontend_stem
 from avfused.testing import (
+    FP32_RTOL,
     assert_matches_reference,
     assert_within_twice_torch,
     check_against_reference,
@@ -420,3 +421,183 @@ def test_ext_compiled_fullgraph_matches_eager(target):
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(wave, low, band, weight), fn(wave, low, band, weight))
+
+
+# ---------------------------------------------------------------------------------------------
+# the extension's fused backward and its accuracy (float64 set-up, float64 recompute near y = 0)
+# ---------------------------------------------------------------------------------------------
+# (batch, samples, filters, taps, channels): S % 4 != 0, several backward tiles (384 positions on the
+# CPU, 256 on the GPU) and dx passes, two filter blocks, a clip shorter than the filter
+BACKWARD_SHAPES = [(1, 1001, 16, 51, 3), (3, 777, 10, 101, 5), (3, 1546, 9, 251, 8), (1, 37, 5, 251, 2)]
+
+
+def op_inputs(shape, device, double=True):
+    """Normalised waves, mel sinc filters and a stem weight of one shape, as the model builds them."""
+    batch, samples, filters, taps, channels = shape
+    low, band = mel_cutoffs(filters)
+    dtype = torch.float64 if double else torch.float32
+    x = reference.preemphasis_and_norm(torch.randn(batch, samples, dtype=torch.float64)).to(dtype)
+    h = reference.sinc_filterbank(low.to(dtype), band.to(dtype), taps)
+    w = torch.randn(channels, filters, 7) * 0.1
+    return [t.to(device) for t in (x, h, w)]
+
+
+def raw_grads(inputs, grad, log_eps, exact_below, linear_phase, mask=(True, True, True)):
+    """(out, band_mean, [dx, dh, dw]) of the raw extension op through autograd (None where not asked)."""
+    leaves = [t.detach().clone().requires_grad_(wanted) for t, wanted in zip(inputs, mask, strict=True)]
+    out, band_mean = ext_ops.audio_frontend_stem(*leaves, log_eps, exact_below, linear_phase)
+    wanted = [t for t in leaves if t.requires_grad]
+    grads = iter(torch.autograd.grad(out, wanted, grad.to(out.device)))
+    return out, band_mean, [next(grads) if t.requires_grad else None for t in leaves]
+
+
+def reference_grads(inputs, grad, log_eps, linear_phase):
+    """kernel_core64's output and gradients for the raw op's inputs; linear phase: with (h + flip h) / 2."""
+    x, h, w = (t.detach().cpu().double().requires_grad_() for t in inputs)
+    filters = (h + h.flip(1)) / 2 if linear_phase else h
+    out = kernel_core64(x, filters, w, log_eps)
+    return out, torch.autograd.grad(out, (x, h, w), grad.cpu().double())
+
+
+@pytest.mark.parametrize("linear_phase", [False, True], ids=["general", "linear-phase"])
+@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("shape", BACKWARD_SHAPES)
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
+def test_ext_fused_backward_matches_float64(target, shape, narrow, linear_phase, monkeypatch):
+    """Well conditioned (log_eps = 1e-2): the 1e-4 rule for the output and dx, dh, dw, float64 inputs."""
+    if narrow:
+        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+    inputs = op_inputs(shape, target.device)
+    grad = torch.randn(shape[0], shape[4], -(-shape[1] // 4))
+    out, _, grads = raw_grads(inputs, grad, 1e-2, audio_frontend_stem.EXACT_BELOW, linear_phase)
+    ref, ref_grads = reference_grads(inputs, grad, 1e-2, linear_phase)
+    assert_matches_reference(out, ref, name="forward")
+    for name, mine, theirs in zip(("x", "filters", "stem_weight"), grads, ref_grads, strict=True):
+        assert mine.dtype == inputs[("x", "filters", "stem_weight").index(name)].dtype, name
+        assert_matches_reference(mine, theirs, name=f"grad {name}")
+    if linear_phase:  # the gradient for symmetric filters is symmetric
+        torch.testing.assert_close(grads[1], grads[1].flip(1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mask", [(False, True, True), (True, False, False), (False, False, True)])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
+def test_ext_backward_computes_only_the_gradients_asked_for(target, mask):
+    """Each gradient alone is the one computed with all three (the model skips dx: waves need none)."""
+    inputs = op_inputs((2, 900, 6, 41, 4), target.device)
+    grad = torch.randn(2, 4, 225)
+    _, _, every = raw_grads(inputs, grad, 1e-6, audio_frontend_stem.EXACT_BELOW, True)
+    _, _, some = raw_grads(inputs, grad, 1e-6, audio_frontend_stem.EXACT_BELOW, True, mask)
+    for wanted, all_three, alone in zip(mask, every, some, strict=True):
+        if wanted:
+            torch.testing.assert_close(alone, all_three, rtol=1e-6, atol=1e-9 * all_three.abs().max().item())
+        else:
+            assert alone is None
+
+
+@pytest.mark.parametrize("shape", BACKWARD_SHAPES + [(3, 4001, 32, 251, 8)])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
+def test_ext_at_default_log_eps_is_no_worse_than_torch_float32(target, shape):
+    """log(|y| + 1e-6): the output and every gradient at least as close to float64 as PyTorch's fp32."""
+    batch, samples, filters, taps, channels = shape
+    low, band = (t.to(target.device) for t in mel_cutoffs(filters))
+    wave = torch.randn(batch, samples, device=target.device) * 0.1
+    weight = torch.randn(channels, filters, 7, device=target.device) / filters**0.5
+    inputs, kw = [wave, low, band, weight], dict(kernel_size=taps)
+    grad = torch.randn(batch, channels, -(-samples // 4), dtype=torch.float64, device=target.device)
+    ref_out, ref_grads = forward_and_grads(reference.audio_frontend_stem, leaves(inputs, torch.float64), grad, **kw)
+    ours = forward_and_grads(audio_frontend_stem.ext, leaves(inputs), grad, **kw)
+    theirs = forward_and_grads(reference.audio_frontend_stem, leaves(inputs), grad, **kw)
+    names = ("output",) + tuple(f"grad {n}" for n in NAMES)
+    for name, mine, by_torch, expected in zip(names, [ours[0], *ours[1]], [theirs[0], *theirs[1]],
+                                              [ref_out, *ref_grads], strict=True):
+        error, torch_error = relative_error(mine, expected), relative_error(by_torch, expected)
+        assert error <= max(torch_error, FP32_RTOL), f"{name}: {error:.3e} vs torch float32 {torch_error:.3e}"
+
+
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
+def test_ext_whole_op_well_conditioned_non_contiguous_meets_1e4(target):
+    """With float64 filters the whole op meets the 1e-4 rule at log_eps = 1e-2 (not only the raw op)."""
+    wave = torch.randn(901, 3).t()  # (3, 901), stride (1, 3)
+    low_hz, band_hz = (t.repeat_interleave(2)[::2] for t in mel_cutoffs(7))
+    stem_weight = torch.randn(7, 5, 7).permute(1, 0, 2)  # (5, 7, 7), not contiguous
+    inputs = target.put([wave, low_hz, band_hz, stem_weight])
+    assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous() and not inputs[3].is_contiguous()
+    check_against_reference(audio_frontend_stem.ext, reference.audio_frontend_stem, inputs, NAMES,
+                            kernel_size=51, log_eps=1e-2)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_exact_recompute_is_what_fixes_the_near_zero_responses(target):
+    """Without the float64 recompute (exact_below = 0) the filter gradient at log_eps = 1e-6 is far off;
+    with it, close: the recompute, not the float64 set-up alone, carries the accuracy."""
+    shape = (2, 4001, 24, 251, 8)
+    inputs = op_inputs(shape, target.device)
+    grad = torch.randn(2, 8, 1001)
+    _, ref_grads = reference_grads(inputs, grad, 1e-6, True)
+    errors = {}
+    for exact_below in (0.0, audio_frontend_stem.EXACT_BELOW):
+        _, _, grads = raw_grads(inputs, grad, 1e-6, exact_below, True, (False, True, True))
+        errors[exact_below] = relative_error(grads[1], ref_grads[1])
+    assert errors[audio_frontend_stem.EXACT_BELOW] < 1e-4 < errors[0.0], errors
+
+
+@pytest.mark.parametrize("shape", [(2, 1001, 8, 51, 3), (1, 37, 5, 251, 2)])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
+def test_ext_float64_path_alone_is_float64_exact(target, shape):
+    """Every response through the float64 recompute (exact_below huge): at log_eps = 1e-6, where float32
+    misses by ~1e-2, dx and dh are float64-exact (their float32 sums carry nothing) and the output and dw are
+    rounded only by the float32 stem."""
+    inputs = op_inputs(shape, target.device)
+    grad = torch.randn(shape[0], shape[4], -(-shape[1] // 4))
+    out, _, grads = raw_grads(inputs, grad, 1e-6, 1e30, True)
+    ref, ref_grads = reference_grads(inputs, grad, 1e-6, True)
+    assert relative_error(out, ref) <= 1e-6 and relative_error(grads[2], ref_grads[2]) <= 1e-6
+    assert relative_error(grads[0], ref_grads[0]) <= 1e-7 and relative_error(grads[1], ref_grads[1]) <= 1e-7
+
+
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
+def test_ext_opcheck_float64_inputs_and_flags(target):
+    inputs = op_inputs((2, 301, 6, 31, 3), target.device)
+    x, h, w = (t.requires_grad_() for t in inputs)
+    torch.library.opcheck(ext_ops.audio_frontend_stem.default, (x, h, w, 1e-6, 1e-3, True))
+    torch.library.opcheck(ext_ops.audio_frontend_stem.default, (x.detach(), h, w, 1e-2, 0.0, False))
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_raw_op_rejects_bad_backward_inputs(target):
+    x, h, w = op_inputs((2, 100, 4, 11, 3), "cpu")
+    out, band_mean = ext_ops.audio_frontend_stem(x, h, w, 1e-6)
+    backward = ext_ops.audio_frontend_stem_backward
+    with pytest.raises(RuntimeError, match="grad_out must be"):
+        backward(out[:, :, :-1], x, h, w, band_mean, 1e-6)
+    with pytest.raises(RuntimeError, match="band_mean must be"):
+        backward(out, x, h, w, band_mean[:, :2], 1e-6)
+    with pytest.raises(RuntimeError, match="exact_below"):
+        ext_ops.audio_frontend_stem(x, h, w, 1e-6, -1.0)
+    with pytest.raises(RuntimeError, match="float32 or both float64"):
+        ext_ops.audio_frontend_stem(x, h.float(), w, 1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("linear_phase", [False, True])
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_ext_gpu_backward_matches_the_cpu_kernel(target, linear_phase):
+    """The CUDA backward against the C++ one (both against float64 above), default log_eps included."""
+    inputs = op_inputs((3, 5003, 32, 251, 8), "cpu")
+    grad = torch.randn(3, 8, 1251)
+    for log_eps in (1e-2, 1e-6):
+        cpu_out, cpu_mean, cpu_grads = raw_grads(inputs, grad, log_eps, audio_frontend_stem.EXACT_BELOW, linear_phase)
+        gpu_out, gpu_mean, gpu_grads = raw_grads([t.cuda() for t in inputs], grad, log_eps,
+                                                 audio_frontend_stem.EXACT_BELOW, linear_phase)
+        assert relative_error(gpu_out, cpu_out) <= 1e-4
+        assert relative_error(gpu_mean, cpu_mean) <= 1e-4
+        for name, mine, theirs in zip(("x", "filters", "stem_weight"), gpu_grads, cpu_grads, strict=True):
+            assert relative_error(mine, theirs) <= (1e-4 if log_eps == 1e-2 else 1e-3), (log_eps, name)
+
+
+def test_auto_trains_the_front_end_on_the_cpp_path_on_the_cpu(monkeypatch):
+    """Its fused training step measured faster than the reference there; the other ops still train on it."""
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device=None: None)  # every backend "runs"
+    assert backends.get_op(audio_frontend_stem.OP, "auto", "cpu", training=True) is audio_frontend_stem.ext
+    assert backends.get_op("conv_mlp", "auto", "cpu", training=True) is reference.conv_mlp
+    assert backends.get_op(audio_frontend_stem.OP, "torch", "cpu", training=True) is reference.audio_frontend_stem
