@@ -21,7 +21,6 @@ torch release the GIL); that thread runs its own torch work (audio resampling) o
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import queue
@@ -35,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from avfused.data.decode import ClipSpec, iter_windows
-from avfused.errors import ConfigError, DataError, MediaDecodeError, MediaNotFoundError
+from avfused.errors import ConfigError, DataError
 from avfused.evaluate import HEADS, autocast
 
 AGGREGATES = ("mean", "max")
@@ -155,17 +154,6 @@ def check_hop(hop: float | None) -> None:
         raise ConfigError(f"hop must be a positive number of seconds, got {hop}")
 
 
-def _check_link(path: str | os.PathLike) -> None:
-    """A symbolic link loop or a link to nothing, named as such (not "no such file")."""
-    try:
-        os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise MediaDecodeError(path, "is a symbolic link loop (too many levels of symbolic links)") from None
-        if os.path.islink(path):
-            raise MediaNotFoundError(path, f"is a symbolic link to {os.readlink(path)}, which does not exist") from None
-
-
 def _score_batch(model: torch.nn.Module, clips: list, device: torch.device, amp: bool) -> list[WindowScore]:
     video = torch.stack([c.video for c in clips]).to(device)
     audio = torch.stack([c.audio for c in clips]).to(device)
@@ -223,7 +211,6 @@ def detect_file(
     size = 1  # batches grow 1, 2, 4 ... to batch_size: the model starts on the first window, not the eighth
     bar = tqdm(desc=os.path.basename(str(path)), unit="window", disable=not progress, leave=False, delay=1.0)
     try:
-        _check_link(path)
         windows = _background(lambda: iter_windows(path, spec, hop=hop, decode=decode), batch_size, timings)
         with contextlib.closing(windows):  # stops the producer whatever ends the loop
             for clip in windows:

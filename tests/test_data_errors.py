@@ -42,6 +42,18 @@ def test_missing_path(tmp_path):
         probe(tmp_path / "nope.mp4")
 
 
+def test_symbolic_link_loop_and_dangling_link_are_named(tmp_path):
+    """What eval and prepare read through (read_clip, probe): a loop is not "no such file"."""
+    loop_a, loop_b, dangling = tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "gone.mp4"
+    os.symlink(loop_b, loop_a)
+    os.symlink(loop_a, loop_b)
+    os.symlink(tmp_path / "nothing.mp4", dangling)
+    assert_named(MediaDecodeError, loop_a, ["symbolic link loop"])
+    assert_named(MediaNotFoundError, dangling, ["symbolic link to", "nothing.mp4", "does not exist"])
+    with pytest.raises(MediaDecodeError, match="symbolic link loop"):
+        probe(loop_b)
+
+
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.mp4"
     path.write_bytes(b"")

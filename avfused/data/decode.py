@@ -38,6 +38,7 @@ Bad input raises a named :mod:`avfused.errors` DataError with the path and the r
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Iterator
@@ -158,8 +159,20 @@ class Clip:
 
 
 # ---------------------------------------------------------------------------------------------
+def _check_link(path: Path) -> None:
+    """A symbolic link loop or a link to nothing, named as such (not "no such file")."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MediaDecodeError(path, "is a symbolic link loop (too many levels of symbolic links)") from None
+        if os.path.islink(path):
+            raise MediaNotFoundError(path, f"is a symbolic link to {os.readlink(path)}, which does not exist") from None
+
+
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
     path = Path(path)
+    _check_link(path)
     if not path.exists():
         raise MediaNotFoundError(path, "no such file")
     if path.is_dir():
