@@ -44,12 +44,14 @@ DESCRIPTIONS = {
 ENV_VAR = "AVFUSED_BACKEND"
 _OP_FUNCTION = {"triton": "triton", "cuda": "ext"}  # the backend's function in avfused.ops.<op>
 _AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cuda",)}
-# Training (autograd recording in a module's train mode): the C++ CPU path measured slower than the
-# reference for a whole training step (benchmarks/results), so "auto" trains on the CPU with the reference...
+# Training (autograd recording in a module's train mode) on the CPU: the C++ path for the ops whose forward +
+# backward measured faster than the reference (avfused bench --ops ... --modes forward_backward, 2-core CPU,
+# batch 4: front end 4.6x, large-kernel attention 9.0x, conv MLP 9.3x), the reference for the rest (the
+# token attention's C++ backward recomputes through ATen: 1.0x).
 _AUTO_ORDER_TRAINING = {"cuda": ("cuda", "triton"), "cpu": ()}
-# ... except for the ops whose fused training step measured faster there: the front end's fused backward
-# (a training step of the op at batch 4: 2.5x eager, 1.9x torch.compile, 2-core CPU).
-_AUTO_ORDER_TRAINING_BY_OP = {"cpu": {"audio_frontend_stem": ("cuda",)}}
+_AUTO_ORDER_TRAINING_BY_OP = {
+    "cpu": {op: ("cuda",) for op in ("audio_frontend_stem", "large_kernel_attention", "conv_mlp")},
+}
 _logged: set[tuple] = set()
 # (backend, device type) -> reason, computed once: later calls (and torch.compile's tracing) read a dict
 _reasons: dict[tuple[str, str], str | None] = {}
