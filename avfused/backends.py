@@ -46,8 +46,8 @@ _OP_FUNCTION = {"triton": "triton", "cuda": "ext"}  # the backend's function in 
 _AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cuda",)}
 # Training (autograd recording in a module's train mode) on the CPU: the C++ path for the ops whose forward +
 # backward measured faster than the reference (avfused bench --ops ... --modes forward_backward, 2-core CPU,
-# batch 4: front end 4.6x, large-kernel attention 9.0x, conv MLP 9.3x), the reference for the rest (the
-# token attention's C++ backward recomputes through ATen: 1.0x).
+# batch 4: front end 4.9x, large-kernel attention 10x, conv MLP 8.6x), the reference for the rest (the
+# token attention's C++ backward recomputes through ATen: 0.9x; benchmarks/results/ops).
 _AUTO_ORDER_TRAINING = {"cuda": ("cuda", "triton"), "cpu": ()}
 _AUTO_ORDER_TRAINING_BY_OP = {
     "cpu": {op: ("cuda",) for op in ("audio_frontend_stem", "large_kernel_attention", "conv_mlp")},
