@@ -106,6 +106,30 @@ def test_json_and_csv_rows_carry_device_versions_and_config(quick_run):
     assert {t["verdict"] for t in data["targets"]} <= {"met", "NOT met", "not measured"}
 
 
+def test_blocks_on_request_one_per_stage_with_their_shapes_and_work(tmp_path, capsys):
+    """--ops blocks: one CAVL block per stage of the config (the quick config has 2), every mode measured for
+    eager and the C++ path, titled with the stage's shapes, FLOPs counted; not part of --ops all."""
+    threads = torch.get_num_threads()
+    try:
+        status = main(["bench", "--quick", "--ops", "blocks", "--backends", "eager,cuda", "--output-dir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    config = quick_config()
+    for stage in (0, 1):
+        rows = [row for row in data["rows"] if row["subject"] == f"block{stage}"]
+        assert {(row["mode"], row["variant"]) for row in rows} == {(m, v) for m in MODES for v in ("eager", "cuda")}
+        assert all(row["status"] == "ok" and row["flops_per_clip"] > 0 for row in rows), rows
+        side = config.video_sizes()[stage]
+        assert f"### block{stage}: one CAVL block of stage {stage} ({config.widths[stage]} channels" in (
+            next(tmp_path.glob("*.md")).read_text()
+        ) and f"of {side}x{side}" in next(tmp_path.glob("*.md")).read_text()
+    assert not any(row["subject"] == "model" for row in data["rows"])
+    assert main(["bench", "--quick", "--ops", "block3", "--no-save"]) == 2  # the quick config has 2 stages
+    assert "this model config has 2 stages" in capsys.readouterr().err
+
+
 def test_a_failing_backend_is_reported_and_the_run_goes_on(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("kernel exploded")

@@ -1,7 +1,8 @@
 """What the benchmarks run: the subjects (each hot op, the whole model), the modes, and the steps.
 
 A Case is (subject, mode, batch). Subjects: the four fused ops of ``avfused.reference``, called with
-the shapes the model gives them at stage 0 (the largest maps), and ``model`` (SingleStreamNet).
+the shapes the model gives them at stage 0 (the largest maps), and ``model`` (SingleStreamNet); on request
+(not in the default set) ``block0`` .. ``block3``, one CAVL block (VPM + SAAVM) at each stage's shapes.
 Modes:
     inference         eval mode, no autograd
     forward           training mode, autograd recording (what a training forward costs)
@@ -11,8 +12,8 @@ plan_cases runs inference at every batch size and the training modes at one (the
 largest). ``amp`` (torch.bfloat16 / torch.float16, or None) runs the model under autocast and gives the ops
 their activations in that dtype, as autocast would.
 
-op_step(fn, inputs, mode) / model_step(model, config, batch, device, mode) -> a step: a callable
-taking no arguments that does one call of the case; timing.measure times it.
+op_step(fn, inputs, mode) / block_step(block, inputs, mode) / model_step(model, config, batch, device, mode)
+-> a step: a callable taking no arguments that does one call of the case; timing.measure times it.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ import torch.nn.functional as F
 
 from avfused.config import ModelConfig
 from avfused.model import FAKE, ModelOutput, SingleStreamNet
+from avfused.nn.block import CAVLBlock
 from avfused.nn.frontend import AudioStem
 from avfused.nn.saavm import SAAVM
 from avfused.nn.vpm import ConvMLP, LargeKernelAttention
 
 OPS = ("audio_frontend_stem", "joint_token_attention", "large_kernel_attention", "conv_mlp")
 MODEL = "model"
-SUBJECTS = OPS + (MODEL,)
+SUBJECTS = OPS + (MODEL,)  # what --ops all runs
+BLOCKS = tuple(f"block{stage}" for stage in range(4))  # one CAVL block per stage of the presets: on request
+ALL_SUBJECTS = OPS + BLOCKS + (MODEL,)  # every subject, in the order the report shows them
 MODES = ("inference", "forward", "forward_backward", "train_step")
 
 LEARNING_RATE, WEIGHT_DECAY, LABEL_SMOOTHING = 5e-4, 0.01, 0.1  # docs/design.md, section 1
@@ -243,6 +247,73 @@ def model_step(
         with autocast(device, amp):
             output = model(video, audio)
         training_loss(output, labels).backward()
+        if optimizer is not None:
+            optimizer.step()
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# one CAVL block (VPM + SAAVM) at a stage's shapes
+# ---------------------------------------------------------------------------------------------
+def block_stage(subject: str) -> int | None:
+    """The stage of a block subject (``block2`` -> 2), None for any other subject."""
+    return int(subject.removeprefix("block")) if subject in BLOCKS else None
+
+
+def build_block(config: ModelConfig, stage: int, backend: str, device: torch.device, seed: int = 0) -> CAVLBlock:
+    """A block as SingleStreamNet builds it at ``stage`` (no drop-path), with weights every variant shares."""
+    torch.manual_seed(seed)
+    block = CAVLBlock(config.widths[stage], config.frames, config.num_tokens(stage), config.window,
+                      config.mlp_ratio, config.audio_token_kernel, config.layer_scale_init, 0.0, backend)
+    return block.to(device)
+
+
+def block_inputs(config: ModelConfig, stage: int, batch: int, device: torch.device,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """video (B, C, T, H, W) and audio (B, C, L) as the block at ``stage`` gets them."""
+    generator = torch.Generator().manual_seed(seed)
+    channels, side = config.widths[stage], config.video_sizes()[stage]
+    video = torch.randn(batch, channels, config.frames, side, side, generator=generator)
+    audio = torch.randn(batch, channels, config.audio_lengths()[stage], generator=generator)
+    return video.to(device), audio.to(device)
+
+
+def block_step(block: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor], mode: str,
+               amp: torch.dtype | None = None) -> Callable[[], None]:
+    """One call of a block in ``mode``. The backward modes take the gradient of both inputs too (inside a
+    network the block's input needs one) from fixed random output gradients."""
+    device = inputs[0].device
+    if mode == "inference":
+        block.eval()
+
+        def step() -> None:
+            with torch.no_grad(), autocast(device, amp):
+                block(*inputs)
+
+        return step
+    block.train()
+    leaves = [t.detach().clone().requires_grad_(mode != "forward") for t in inputs]
+    if mode == "forward":
+
+        def forward() -> None:
+            with autocast(device, amp):
+                block(*leaves)
+
+        return forward
+    optimizer = None
+    if mode == "train_step":
+        optimizer = torch.optim.AdamW(block.parameters(), LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    generator = torch.Generator().manual_seed(1)
+    grads = [torch.randn(t.shape, generator=generator).to(device) for t in inputs]
+
+    def step() -> None:
+        block.zero_grad(set_to_none=True)
+        for leaf in leaves:
+            leaf.grad = None
+        with autocast(device, amp):
+            video, audio = block(*leaves)
+        torch.autograd.backward([video, audio], [g.to(video.dtype) for g in grads])
         if optimizer is not None:
             optimizer.step()
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from avfused.bench.cases import MODEL, MODES, SUBJECTS
+from avfused.bench.cases import ALL_SUBJECTS, MODEL, MODES, block_stage
 from avfused.bench.runner import BenchResult, Row
 from avfused.bench.variants import VARIANTS, variant_label
+from avfused.config import ModelConfig
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -81,7 +82,7 @@ def _row_cells(row: Row) -> list[str]:
 
 def _sorted_rows(rows: Sequence[Row]) -> list[Row]:
     order = {name: i for i, name in enumerate(VARIANTS)}
-    return sorted(rows, key=lambda r: (SUBJECTS.index(r.subject), MODES.index(r.mode), r.batch, order[r.variant]))
+    return sorted(rows, key=lambda r: (ALL_SUBJECTS.index(r.subject), MODES.index(r.mode), r.batch, order[r.variant]))
 
 
 def _header(result: BenchResult) -> list[str]:
@@ -104,6 +105,18 @@ def _header(result: BenchResult) -> list[str]:
     if meta["command"]:
         lines.append(f"- command: `{meta['command']}`")
     return lines
+
+
+def _subject_title(subject: str, result: BenchResult) -> str:
+    if subject == MODEL:
+        return "whole model"
+    stage = block_stage(subject)
+    if stage is None:
+        return f"{subject} (stage-0 shapes)"
+    config = ModelConfig.from_dict(result.meta["config"])
+    side = config.video_sizes()[stage]
+    return (f"{subject}: one CAVL block of stage {stage} ({config.widths[stage]} channels, {config.frames} frames of "
+            f"{side}x{side}, audio length {config.audio_lengths()[stage]})")
 
 
 def _legend(result: BenchResult) -> str:
@@ -200,7 +213,7 @@ def markdown_report(result: BenchResult) -> str:
     parts.append(_table(["target", "backend", "batch", "measured", "needed", "verdict", "note"], target_lines))
     parts += ["", "## Results", "", _legend(result)]
     rows = _sorted_rows(result.rows)
-    for subject in SUBJECTS:
+    for subject in ALL_SUBJECTS:
         subject_rows = [row for row in rows if row.subject == subject]
         if not subject_rows:
             continue
@@ -212,7 +225,7 @@ def markdown_report(result: BenchResult) -> str:
                 f" (forward work per clip: {inference.flops_per_clip / 1e9:.3g} GFLOP, "
                 f"at least {inference.bytes_per_clip / 1e6:.3g} MB moved)"
             )
-        title = "whole model" if subject == MODEL else f"{subject} (stage-0 shapes)"
+        title = _subject_title(subject, result)
         parts += ["", f"### {title}{work_line}", ""]
         parts.append(_table(COLUMNS, [_row_cells(row) for row in subject_rows]))
         if subject == MODEL:
@@ -301,7 +314,7 @@ def write_plot(result: BenchResult, path: Path) -> bool:
         for row in _sorted_rows(result.rows)
         if row.status == "ok" and row.vs_eager is not None and row.variant != "eager"  # eager is the line at 1
     ]
-    subjects = [s for s in SUBJECTS if any(row.subject == s for row in rows)]
+    subjects = [s for s in ALL_SUBJECTS if any(row.subject == s for row in rows)]
     if not subjects:
         return False
     labels = [lab for lab in dict.fromkeys(row.label for row in rows)]

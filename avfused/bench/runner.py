@@ -19,7 +19,20 @@ from pathlib import Path
 import torch
 
 from avfused.bench import detection, hardware, timing, work
-from avfused.bench.cases import MODEL, MODES, SUBJECTS, Case, model_step, op_inputs, op_step, plan_cases
+from avfused.bench.cases import (
+    ALL_SUBJECTS,
+    MODEL,
+    MODES,
+    SUBJECTS,
+    Case,
+    block_inputs,
+    block_stage,
+    block_step,
+    model_step,
+    op_inputs,
+    op_step,
+    plan_cases,
+)
 from avfused.bench.targets import TargetResult, evaluate_targets
 from avfused.bench.variants import FUSED, VARIANTS, FallbackError, Implementations, variant_label, variant_status
 from avfused.config import ModelConfig
@@ -152,8 +165,14 @@ class _WorkFigures:
     def __init__(self, config: ModelConfig, device: torch.device) -> None:
         self.config, self.device = config, device
         self._model_flops: float | None = None
+        self._block_flops: dict[int, float] = {}
 
     def __call__(self, case: Case) -> work.Work:
+        stage = block_stage(case.subject)
+        if stage is not None:
+            if stage not in self._block_flops:
+                self._block_flops[stage] = work.count_block_flops(self.config, stage, self.device)
+            return work.block_work(self.config, stage, case.batch, self._block_flops[stage])
         if case.subject != MODEL:
             return work.op_work(case.subject, self.config, case.batch)
         if self._model_flops is None:
@@ -165,6 +184,10 @@ def make_step(case: Case, variant: str, settings: Settings, implementations: Imp
     if case.subject == MODEL:
         model = implementations.model(variant, case.mode)
         return model_step(model, settings.config, case.batch, settings.device, case.mode, amp=settings.amp)
+    stage = block_stage(case.subject)
+    if stage is not None:
+        inputs = block_inputs(settings.config, stage, case.batch, settings.device)
+        return block_step(implementations.block(stage, variant), inputs, case.mode, amp=settings.amp)
     inputs = op_inputs(case.subject, settings.config, case.batch, settings.device)
     return op_step(implementations.op_function(case.subject, variant), inputs, case.mode, amp=settings.amp)
 
@@ -270,7 +293,7 @@ def _run(settings: Settings, log: Callable[[str], None], on_row: Callable[[Bench
     result = BenchResult(describe_run(settings), status)
     runnable = [name for name in VARIANTS if status[name] is None]
     cases = plan_cases(
-        [s for s in settings.subjects if s in SUBJECTS], settings.modes, settings.batch_sizes, settings.train_batch
+        [s for s in settings.subjects if s in ALL_SUBJECTS], settings.modes, settings.batch_sizes, settings.train_batch
     )
     cases.sort(key=lambda case: case.subject != MODEL)  # the model first: the targets need it if time runs out
     implementations = Implementations(settings.config, settings.device)

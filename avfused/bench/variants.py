@@ -6,8 +6,8 @@ variant_status(device) -> {variant: None when it runs here, else the reason}, st
 ``avfused.backends.available_backends`` for the fused ones. The Triton interpreter (TRITON_INTERPRET=1)
 is never benchmarked: it exists for tests.
 
-Implementations(config, device) hands out the function of an op, or a model, for a variant, building
-each (and compiling it) once per run. A fused backend's inference on the CPU times the folded model
+Implementations(config, device) hands out the function of an op, a block or a model for a variant,
+building each (and compiling it) once per run. A fused backend's inference on the CPU times the folded model
 (avfused.inference.inference_model: what ``avfused detect`` and ``eval`` run there); every other case the
 model as trained.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from avfused import backends, reference
-from avfused.bench.cases import build_model
+from avfused.bench.cases import build_block, build_model
 from avfused.config import ModelConfig
 from avfused.errors import BackendUnavailableError
 from avfused.inference import inference_model
@@ -93,4 +93,12 @@ class Implementations:
             if folds:
                 model = inference_model(model.eval(), fold=True)
             self._models[key] = torch.compile(model, dynamic=False) if variant == "compile" else model
+        return self._models[key]
+
+    def block(self, stage: int, variant: str) -> torch.nn.Module:
+        """The CAVL block of ``stage`` for ``variant`` (the baselines: the reference block; blocks are not folded)."""
+        key = (f"block{stage}", variant)
+        if key not in self._models:
+            block = build_block(self.config, stage, variant if variant in FUSED else "torch", self.device)
+            self._models[key] = torch.compile(block, dynamic=False) if variant == "compile" else block
         return self._models[key]

@@ -2,6 +2,7 @@
 
 op_work(op, config, batch) -> Work for one call of a hot op as the model makes it at stage 0
 model_work(config, batch, device) -> Work for the whole model (FLOPs counted by torch's FlopCounterMode)
+block_work(config, stage, batch, flops) -> Work for one CAVL block at a stage (FLOPs counted the same way)
 
 ``matmul_flops`` are the convolutions and matrix products (2 FLOPs per multiply-add, the direct
 formulation: an FFT or overlap-add front end does fewer, so its achieved rate reads as "effective");
@@ -141,4 +142,28 @@ def model_work(config: ModelConfig, batch: int, flops_per_clip: float) -> Work:
     logits = 3 * config.num_classes
     forward = FLOAT_BYTES * (clip + logits + parameters / batch)
     backward = FLOAT_BYTES * (logits + parameters / batch)  # the clip needs no gradient
+    return Work(flops_per_clip, 0.0, forward, backward, parameters / batch)
+
+
+def count_block_flops(config: ModelConfig, stage: int, device: torch.device | str = "cpu") -> float:
+    """Convolution and matmul FLOPs of one eval forward of the reference CAVL block of ``stage`` on one clip."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from avfused.bench.cases import block_inputs, build_block
+
+    block = build_block(config, stage, "torch", torch.device(device)).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        block(*block_inputs(config, stage, 1, torch.device(device)))
+    return float(counter.get_total_flops())
+
+
+def block_work(config: ModelConfig, stage: int, batch: int, flops_per_clip: float) -> Work:
+    """Block work from counted FLOPs; minimum bytes: both maps in and out, the weights shared by the batch."""
+    from avfused.bench.cases import build_block
+
+    parameters = sum(p.numel() for p in build_block(config, stage, "torch", torch.device("cpu")).parameters())
+    side = config.video_sizes()[stage]
+    maps = config.widths[stage] * (config.frames * side * side + config.audio_lengths()[stage])
+    forward = FLOAT_BYTES * (2 * maps + parameters / batch)
+    backward = FLOAT_BYTES * (3 * maps + parameters / batch)  # output gradients in, inputs again, input gradients out
     return Work(flops_per_clip, 0.0, forward, backward, parameters / batch)

@@ -24,10 +24,12 @@ QUICK_BATCHES = (1, 2)
 DEFAULT_WARMUP = {"cpu": 1, "cuda": 2}  # a GPU's second call can still autotune or build CUDA graphs
 
 
-def _choices(allowed: tuple[str, ...]):
+def _choices(allowed: tuple[str, ...], everything: tuple[str, ...] | None = None):
+    """A comma-separated subset of ``allowed``; "all" means ``everything`` (default: all of allowed)."""
+
     def parse(text: str) -> list[str]:
         if text.strip() == "all":
-            return list(allowed)
+            return list(everything or allowed)
         names = [name.strip() for name in text.split(",") if name.strip()]
         wrong = [name for name in names if name not in allowed]
         if wrong or not names:
@@ -35,6 +37,9 @@ def _choices(allowed: tuple[str, ...]):
         return names
 
     return parse
+
+
+BLOCKS_GROUP = "blocks"  # --ops name for every stage's block
 
 
 def _batch_sizes(text: str) -> list[int] | None:
@@ -50,16 +55,17 @@ def _batch_sizes(text: str) -> list[int] | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from avfused.bench.cases import MODES, SUBJECTS
+    from avfused.bench.cases import ALL_SUBJECTS, MODES, SUBJECTS
     from avfused.bench.detection import DETECT
     from avfused.bench.variants import VARIANTS
 
-    subjects = SUBJECTS + (DETECT,)
+    subjects = ALL_SUBJECTS + (BLOCKS_GROUP, DETECT)
     parser.add_argument(
         "--ops",
-        type=_choices(subjects),
+        type=_choices(subjects, SUBJECTS + (DETECT,)),
         default="all",
-        help="comma-separated: " + ",".join(subjects) + f" ({DETECT}: end-to-end avfused detect on 60 s of 720p video)",
+        help="comma-separated: " + ",".join(SUBJECTS + (DETECT,)) + f" ({DETECT}: end-to-end avfused detect on 60 s "
+        "of 720p video); all: those. On request: blocks (or block0..block3: one CAVL block of each stage)",
     )
     parser.add_argument("--modes", type=_choices(MODES), default="all", help="comma-separated: " + ",".join(MODES))
     parser.add_argument(
@@ -124,6 +130,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _subjects(names: list[str], config) -> list[str]:
+    """--ops with "blocks" as every stage's block of ``config``; a block the config lacks is an error."""
+    from avfused.bench.cases import block_stage
+    from avfused.errors import ConfigError
+
+    stages = len(config.widths)
+    expanded = []
+    for name in names:
+        expanded += [f"block{stage}" for stage in range(stages)] if name == BLOCKS_GROUP else [name]
+    for name in expanded:
+        stage = block_stage(name)
+        if stage is not None and stage >= stages:
+            raise ConfigError(f"--ops {name}: this model config has {stages} stages (block0..block{stages - 1})")
+    return list(dict.fromkeys(expanded))
+
+
 def settings_from_args(args: argparse.Namespace):
     from avfused.bench.cases import quick_config
     from avfused.bench.runner import Settings
@@ -141,11 +163,12 @@ def settings_from_args(args: argparse.Namespace):
     compile_skipped = "--no-compile" if args.no_compile else None
     if args.quick:
         compile_skipped = "--quick skips torch.compile (tiny shapes; a harness check, not a measurement)"
+    config = quick_config() if args.quick else ModelConfig.preset(args.preset)
     return Settings(
-        config=quick_config() if args.quick else ModelConfig.preset(args.preset),
+        config=config,
         config_name="quick (tiny)" if args.quick else args.preset,
         device=device,
-        subjects=args.ops,
+        subjects=_subjects(args.ops, config),
         modes=args.modes,
         batch_sizes=args.batch_sizes or (QUICK_BATCHES if args.quick else DEFAULT_BATCHES[device.type]),
         train_batch=args.train_batch or (None if args.quick else DEFAULT_TRAIN_BATCH[device.type]),
