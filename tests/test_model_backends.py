@@ -16,7 +16,6 @@ from avfused import ModelConfig, SingleStreamNet, backends, reference
 from avfused.nn import style
 from avfused.nn.style import swap_statistics
 from avfused.ops import audio_frontend_stem, conv_mlp, joint_token_attention, large_kernel_attention
-from avfused.ops.audio_frontend_stem import ext as ext_frontend
 from avfused.testing import FP32_RTOL, assert_within_twice_torch, relative_error
 from avfused.training.losses import detection_loss
 from tests.helpers import EXT_CPU, EXT_CUDA, TRITON, random_batch, tiny_config
@@ -187,7 +186,7 @@ def test_tiny_model_eval_matches_torch(target, batch):
 
 
 # ---------------------------------------------------------------------------------------------
-# ext in training: the fused front end's backward inside the whole model, against float64
+# fused backends in training: every backward kernel inside the whole model, against float64
 # ---------------------------------------------------------------------------------------------
 OUTPUTS = ("clip", "visual", "audio", "mismatch", "style_visual", "style_audio")
 
@@ -218,15 +217,17 @@ def _assert_no_worse_than_torch(actual, expected64, torch32, name, noise=0.0):
     assert error <= max(torch_error, floor), f"{name}: {error:.3e} vs torch fp32 {torch_error:.3e} (floor {floor:.1e})"
 
 
-@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
-def test_tiny_model_training_step_cuda_backend_matches_float64(target, monkeypatch):
+@pytest.mark.parametrize("target", [TRITON, EXT_CPU, EXT_CUDA])
+def test_tiny_model_training_step_fused_backend_matches_float64(target, monkeypatch):
     """Train mode (batch statistics, drop-path, statistics swap, mismatch pairs, probes; all seeded), the
-    default log_eps: the loss, every output and every parameter gradient of backend="cuda" at least as close
-    to float64 as backend="torch" in fp32."""
+    default log_eps: the loss, every output and every parameter gradient of the fused backend at least as
+    close to float64 as backend="torch" in fp32."""
     swaps = []
     monkeypatch.setattr(style, "swap_statistics", lambda *a: swaps.append(1) or swap_statistics(*a))
     fused_calls = []
-    monkeypatch.setattr(audio_frontend_stem, "ext", lambda *a, **k: fused_calls.append(1) or ext_frontend(*a, **k))
+    frontend = target.op(audio_frontend_stem)
+    monkeypatch.setattr(audio_frontend_stem, target.backend,
+                        lambda *a, **k: fused_calls.append(1) or frontend(*a, **k))
     torch.manual_seed(3)
     config = tiny_config(drop_path=0.2, feature_swap_prob=1.0)
     model = SingleStreamNet(config, backend="torch")
@@ -236,7 +237,7 @@ def test_tiny_model_training_step_cuda_backend_matches_float64(target, monkeypat
                                                 labels, 7)
     model, video, audio, labels = (t.to(target.device) for t in (model, video, audio, labels))
     loss32, outputs32, grads32 = _training_step(copy.deepcopy(model), video, audio, labels, 7)
-    model.backend = "cuda"
+    model.backend = "triton" if target.backend == "triton" else "cuda"
     loss, outputs, grads = _training_step(model, video, audio, labels, 7)
     assert len(swaps) == 6 and fused_calls, "the statistics swap (video and audio) and the fused front end ran"
     assert outputs.keys() == outputs64.keys() == set(OUTPUTS)
