@@ -111,7 +111,8 @@ def test_blocks_on_request_one_per_stage_with_their_shapes_and_work(tmp_path, ca
     eager and the C++ path, titled with the stage's shapes, FLOPs counted; not part of --ops all."""
     threads = torch.get_num_threads()
     try:
-        status = main(["bench", "--quick", "--ops", "blocks", "--backends", "eager,cuda", "--output-dir", str(tmp_path)])
+        args = ["bench", "--quick", "--ops", "blocks", "--backends", "eager,cuda", "--output-dir", str(tmp_path)]
+        status = main(args)
     finally:
         torch.set_num_threads(threads)
     assert status == 0
