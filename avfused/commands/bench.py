@@ -22,6 +22,7 @@ DEFAULT_TRAIN_BATCH = {"cpu": 4, "cuda": 32}
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUICK_BATCHES = (1, 2)
 DEFAULT_WARMUP = {"cpu": 1, "cuda": 2}  # a GPU's second call can still autotune or build CUDA graphs
+BLOCKS_GROUP = "blocks"  # --ops name for every stage's CAVL block
 
 
 def _choices(allowed: tuple[str, ...], everything: tuple[str, ...] | None = None):
@@ -37,9 +38,6 @@ def _choices(allowed: tuple[str, ...], everything: tuple[str, ...] | None = None
         return names
 
     return parse
-
-
-BLOCKS_GROUP = "blocks"  # --ops name for every stage's block
 
 
 def _batch_sizes(text: str) -> list[int] | None:
