@@ -1,6 +1,7 @@
 // Checks shared by the CUDA tensor glue of every op (<op>_cuda_host.cpp): launch errors and int ranges.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <cuda_runtime.h>
 
@@ -17,6 +18,13 @@ inline void check_launch(cudaError_t err, const char* op) {
 inline void check_int_range(int64_t value, const char* what, const char* op) {
   TORCH_CHECK(value <= std::numeric_limits<int>::max(), "avfused_ext.", op, ": ", what, " = ", value,
               " is too large for the CUDA kernel");
+}
+
+// A backward's incoming gradient must match its saved activation in shape, dtype and device.
+inline void check_grad_like(const at::Tensor& grad, const at::Tensor& like, const char* like_name, const char* op) {
+  TORCH_CHECK(grad.sizes() == like.sizes() && grad.scalar_type() == like.scalar_type() && grad.device() == like.device(),
+              "avfused_ext.", op, ": grad must be like ", like_name, " ", like.sizes(), " ", like.scalar_type(),
+              ", got ", grad.sizes(), " ", grad.scalar_type(), " on ", grad.device());
 }
 
 }  // namespace avfused

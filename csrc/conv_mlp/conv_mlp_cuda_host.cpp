@@ -68,9 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_dw, const at::Tensor& b_dw, const at::Tensor& w_out) {
   const c10::cuda::CUDAGuard guard(x.device());
   const MlpCudaInputs in = check_cuda_inputs(x, w_in, b_in, w_dw, b_dw, w_out, at::Tensor());
-  TORCH_CHECK(grad.sizes() == in.x.sizes() && grad.scalar_type() == in.x.scalar_type() && grad.device() == x.device(),
-              "avfused_ext.conv_mlp_backward: grad must be like x ", in.x.sizes(), " ", in.x.scalar_type(), ", got ",
-              grad.sizes(), " ", grad.scalar_type(), " on ", grad.device());
+  check_grad_like(grad, in.x, "x", "conv_mlp_backward");
   const at::Tensor grad_c = grad.contiguous();
   const int64_t c = in.channels, e = in.expanded;
   const at::TensorOptions weights = in.w_in.options();

@@ -67,9 +67,7 @@ large_kernel_attention_backward_cuda(const at::Tensor& grad, const at::Tensor& p
                                      const at::Tensor& w1, const at::Tensor& b1) {
   const c10::cuda::CUDAGuard guard(p.device());
   const LkaCudaInputs in = check_cuda_inputs(p, w5, b5, w7, b7, w1, b1);
-  TORCH_CHECK(grad.sizes() == in.p.sizes() && grad.scalar_type() == in.p.scalar_type() && grad.device() == p.device(),
-              "avfused_ext.large_kernel_attention_backward: grad must be like p ", in.p.sizes(), " ",
-              in.p.scalar_type(), ", got ", grad.sizes(), " ", grad.scalar_type(), " on ", grad.device());
+  check_grad_like(grad, in.p, "p", "large_kernel_attention_backward");
   const at::Tensor grad_c = grad.contiguous();
   const int64_t c = in.channels, image_size = c * in.height * in.width;
   const at::TensorOptions weights = in.w1.options();
