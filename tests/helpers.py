@@ -135,8 +135,7 @@ def allow_triton_low_precision_on_cpu(monkeypatch: pytest.MonkeyPatch, device: s
 
 def float64_reference(reference_fn: Callable, inputs: list[torch.Tensor], grad: torch.Tensor, **kwargs):
     """reference_fn's output and the gradient of <output, grad> for every input, all in float64."""
-    from avfused.testing import leaves
+    from avfused.testing import forward_and_grads, leaves
 
-    ref_inputs = leaves(inputs, torch.float64)
-    out = reference_fn(*ref_inputs, **kwargs)
-    return out, list(torch.autograd.grad(out, ref_inputs, grad.to(out.device, torch.float64)))
+    out, grads = forward_and_grads(reference_fn, leaves(inputs, torch.float64), grad, **kwargs)
+    return out, list(grads)

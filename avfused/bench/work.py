@@ -119,18 +119,23 @@ def op_work(op: str, config: ModelConfig, batch: int) -> Work:
     return _OP_WORK[op](config, batch)
 
 
-def count_model_flops(config: ModelConfig, device: torch.device | str = "cpu") -> float:
-    """Convolution and matmul FLOPs of one eval forward of the reference model on one clip."""
+def _forward_flops(module: torch.nn.Module, *inputs: torch.Tensor) -> float:
+    """Convolution and matmul FLOPs of one eval forward of ``module`` (torch's FlopCounterMode)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module.eval()(*inputs)
+    return float(counter.get_total_flops())
+
+
+def count_model_flops(config: ModelConfig, device: torch.device | str = "cpu") -> float:
+    """Convolution and matmul FLOPs of one eval forward of the reference model on one clip."""
     from avfused.model import SingleStreamNet
 
-    model = SingleStreamNet(config, backend="torch").to(device).eval()
+    model = SingleStreamNet(config, backend="torch").to(device)
     video = torch.rand(1, config.frames, 3, config.image_size, config.image_size, device=device)
     audio = torch.randn(1, config.num_samples, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(video, audio)
-    return float(counter.get_total_flops())
+    return _forward_flops(model, video, audio)
 
 
 def model_work(config: ModelConfig, batch: int, flops_per_clip: float) -> Work:
@@ -147,14 +152,10 @@ def model_work(config: ModelConfig, batch: int, flops_per_clip: float) -> Work:
 
 def count_block_flops(config: ModelConfig, stage: int, device: torch.device | str = "cpu") -> float:
     """Convolution and matmul FLOPs of one eval forward of the reference CAVL block of ``stage`` on one clip."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from avfused.bench.cases import block_inputs, build_block
 
-    block = build_block(config, stage, "torch", torch.device(device)).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        block(*block_inputs(config, stage, 1, torch.device(device)))
-    return float(counter.get_total_flops())
+    device = torch.device(device)
+    return _forward_flops(build_block(config, stage, "torch", device), *block_inputs(config, stage, 1, device))
 
 
 def block_work(config: ModelConfig, stage: int, batch: int, flops_per_clip: float) -> Work:
