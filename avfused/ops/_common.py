@@ -8,6 +8,8 @@ the backends is passed in: the dtypes each takes on each device, and where each 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 
 from avfused import _extension, reference
@@ -149,3 +151,47 @@ def register_forward_only_ext(op: str, fake) -> None:
         return (*vjp(grad_out), *([None] * len(ctx.scalars)))
 
     torch.library.register_autograd(f"avfused_ext::{op}", backward, setup_context=setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# autocast: what a raw torch.ops.avfused_*::<op> call does inside torch.autocast
+# ---------------------------------------------------------------------------------------------
+FLOAT32_ONLY = {"cpu": (torch.float32,), "cuda": (torch.float32,)}
+_AUTOCAST_LIBRARIES: dict[str, torch.library.Library] = {}  # kept alive: a registration lives as long as its library
+
+
+def autocast_activation_dtype(device_type: str, takes: Sequence[torch.dtype]) -> torch.dtype:
+    """The dtype an op's activations get inside an autocast region: the region's own where the kernel reads
+    it (its products then run in it, accumulating in float32), float32 where it does not."""
+    wanted = torch.get_autocast_dtype(device_type)
+    return wanted if wanted in takes else torch.float32
+
+
+def register_autocast(qualname: str, activations: Sequence[int], takes: Mapping[str, Sequence[torch.dtype]]) -> None:
+    """Autocast rule of the forward op ``qualname`` ("avfused_ext::conv_mlp"), on CPU and CUDA: the tensor
+    arguments at ``activations`` are cast to ``autocast_activation_dtype(device, takes[device])`` (``takes`` is
+    read at each call); weights, float64 and non-float tensors are left as they are (the kernels read weights
+    in float32). torch.library.register_autocast would cast every argument to one dtype fixed at registration,
+    so a bf16 rule would also serve fp16 regions and cut the weights."""
+    namespace, name = qualname.split("::")
+    library = _AUTOCAST_LIBRARIES.setdefault(namespace, torch.library.Library(namespace, "FRAGMENT"))
+    op = getattr(getattr(torch.ops, namespace), name).default
+    for device_type in ("cpu", "cuda"):
+        key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        library.impl(name, _autocast_kernel(op, device_type, key, tuple(activations), takes), key, with_keyset=True)
+
+
+def _autocast_kernel(op, device_type: str, key: str, activations: tuple[int, ...], takes):
+    excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+    def cast(value: object, dtype: torch.dtype) -> object:
+        eligible = isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float64
+        return value.to(dtype) if eligible else value
+
+    def kernel(_keyset, *args):
+        dtype = autocast_activation_dtype(device_type, takes[device_type])
+        args = tuple(cast(value, dtype) if i in activations else value for i, value in enumerate(args))
+        with torch._C._ExcludeDispatchKeyGuard(excluded):  # the op itself runs with autocast off, as ATen's do
+            return op(*args)
+
+    return kernel

@@ -46,7 +46,16 @@ import torch
 
 from avfused import reference
 from avfused.errors import InputShapeError
-from avfused.ops._common import EXT_REASONS, check_non_empty, check_rank, check_shape, check_tensors, float32_contiguous
+from avfused.ops._common import (
+    EXT_REASONS,
+    FLOAT32_ONLY,
+    check_non_empty,
+    check_rank,
+    check_shape,
+    check_tensors,
+    float32_contiguous,
+    register_autocast,
+)
 
 Tensor = torch.Tensor
 OP = "audio_frontend_stem"
@@ -254,5 +263,8 @@ def _register_ext() -> None:
     torch.library.register_autograd("avfused_ext::audio_frontend_stem", backward, setup_context=setup_context)
 
 
+# the wave stays float32 (or float64) under autocast: log|y| of a half-precision band response loses the signal
+register_autocast("avfused_triton::audio_frontend_stem", (0,), FLOAT32_ONLY)
 if EXT_REASONS["cpu"] is None:
     _register_ext()
+    register_autocast("avfused_ext::audio_frontend_stem", (0,), FLOAT32_ONLY)

@@ -28,11 +28,14 @@ import torch
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
     EXT_REASONS,
+    FLOAT32_ONLY,
+    TRITON_DTYPES,
     check_non_empty,
     check_rank,
     check_shape,
     check_tensors,
     reference_on_gpu,
+    register_autocast,
 )
 
 Tensor = torch.Tensor
@@ -166,5 +169,8 @@ def _register_ext() -> None:
     torch.library.register_autograd("avfused_ext::conv_mlp", backward, setup_context=setup_context)
 
 
+register_autocast("avfused_triton::conv_mlp", (0,), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     _register_ext()
+    ext_activations = {"cpu": FLOAT32_ONLY["cpu"], "cuda": EXT_CUDA_ACTIVATIONS}
+    register_autocast("avfused_ext::conv_mlp", (0,), ext_activations)
