@@ -2,7 +2,8 @@
 # The GPU check in one command, planned for 6 minutes on an H200 / H100 with Python, torch and triton
 # preinstalled, no PyAV and no network:
 #   1. install avfused in place, building the C++/CUDA extension for the card (nvcc; MAX_JOBS = cores);
-#   2. the kernel and model tests on the GPU (tests/ops, tests/test_model_backends.py, ...; TF32 off);
+#   2. the kernel and model tests that run on the GPU (-m gpu over tests/ops, tests/test_model_backends.py,
+#      ...; TF32 off);
 #   3. compute-sanitizer memcheck over every fused kernel once (benchmarks/gpu_kernels_once.py), where the
 #      tool exists and the machine lets it run;
 #   4. the benchmark subset: the whole model, inference at batch 1 and a training step at batch 32, in
@@ -62,7 +63,9 @@ if [ "$DRY" = 1 ]; then
     bench_sizes=(--quick)
 else
     device=cuda
-    tests=(tests/ops tests/test_model_backends.py tests/test_backends.py tests/test_cuda_loader.py)
+    # only what runs on the GPU (the gpu mark: CUDA and Triton targets, gpu tests); CI covers the CPU paths
+    tests=(-m gpu tests/ops tests/test_model_backends.py tests/test_backends.py tests/test_cuda_loader.py
+        tests/test_autocast.py)
     bench_sizes=(--batch-sizes 1 --train-batch 32 --budget 2 --repeats 20)
     step install 150 "$PYTHON" -m pip install --no-deps --no-build-isolation -e .
     cat avfused/_build_info.json >>"$WORK/install.log" 2>/dev/null
