@@ -35,6 +35,10 @@ log = logging.getLogger("avfused")
 
 BACKENDS = ("torch", "triton", "cuda")
 FUSED_OPS = ("audio_frontend_stem", "joint_token_attention", "large_kernel_attention", "conv_mlp")
+# Ops that fuse a module's plain torch layers (the SAAVM's token building and scatter-back): a module runs
+# them where its backend has them (optional_module_op) and its layers elsewhere.
+LAYER_OPS = ("video_squeeze_stats", "video_squeeze_tokens", "video_expand_residual", "audio_squeeze_stats",
+             "audio_squeeze_tokens", "audio_expand_residual")
 ALIASES = {"ext": "cuda"}  # the extension's neutral name: its CPU half is C++, not CUDA
 DESCRIPTIONS = {
     "torch": "the pure-PyTorch reference",
@@ -56,6 +60,7 @@ _logged: set[tuple] = set()
 # (backend, device type) -> reason, computed once: later calls (and torch.compile's tracing) read a dict
 _reasons: dict[tuple[str, str], str | None] = {}
 _prepared = False  # prepare() has run
+_no_module: set[str] = set()  # ops found to have no module in avfused.ops
 
 
 def log_once(key: tuple, message: str, *args: object) -> None:
@@ -247,7 +252,7 @@ def prepare() -> None:
     global _prepared
     if _prepared:
         return
-    for op in FUSED_OPS:
+    for op in FUSED_OPS + LAYER_OPS:
         op_module(op)
     for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         for name in ("triton", "cuda"):
@@ -259,13 +264,14 @@ def op_module(op: str):
     """``avfused.ops.<op>``, the fused backends of one op, or None when the op has no fused backend."""
     name = f"avfused.ops.{op}"
     module = sys.modules.get(name)
-    if module is not None:  # already imported: no importlib call, so torch.compile can trace get_op
+    if module is not None or op in _no_module:  # known: no importlib call, so torch.compile can trace get_op
         return module
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name != name:  # the module exists but something it imports does not
             raise
+        _no_module.add(op)
         return None
 
 
@@ -274,6 +280,21 @@ def get_op(op: str, argument: str | None, device: torch.device | str, training: 
     name = resolve_op_backend(op, argument, device, training)
     if name == "torch":
         return getattr(reference, op)
+    return getattr(op_module(op), _OP_FUNCTION[name])
+
+
+def optional_module_op(op: str, module: torch.nn.Module, device: torch.device) -> Callable | None:
+    """The fused function of an op that fuses a module's plain torch layers (not one of FUSED_OPS): the one of
+    the module's backend, forced or auto's choice, where that backend implements it on ``device``; else None,
+    and the module runs its layers as they are (a forced backend lacking it is no error: nothing is lost)."""
+    training = module.training and torch.is_grad_enabled()
+    wanted = requested_backend(module.backend)
+    if wanted == "auto":
+        name = _auto_choice(op, torch.device(device), training)
+    else:
+        name = wanted if unavailable_reason(wanted, device) is None and implements(wanted, op, device.type) else None
+    if name in (None, "torch"):
+        return None
     return getattr(op_module(op), _OP_FUNCTION[name])
 
 

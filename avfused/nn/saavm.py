@@ -6,6 +6,12 @@ Each modality is squeezed to one channel and cut into tokens of ``window**2`` va
 window x window patches (zero-padded to a multiple of the window, see ModelConfig), audio pooled to one
 token per frame. All tokens attend to each other in one head (``joint_token_attention``), and the
 result is spread back with a 1 -> C convolution, scaled by a layer scale, and added to each modality.
+
+Where the module's backend has the ops that fuse the squeeze and spread-back layers (avfused.backends
+LAYER_OPS: the extension's C++ CPU kernels), they run instead of the layers: the batch norms of the squeeze
+convolutions are folded into them from the batch's statistics (computed by ``*_squeeze_stats`` without
+writing the convolution's output) in training, from the running ones in eval, and the running statistics
+are updated as nn.BatchNorm updates them. Same function, same gradients, no (B, C, T, H, W) hidden layer.
 """
 
 from __future__ import annotations
@@ -84,19 +90,79 @@ class SAAVM(nn.Module):
         return torch.cat([video_tokens, audio_tokens], dim=1)
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ops = {op: backends.optional_module_op(op, self, video.device) for op in backends.LAYER_OPS}
+        if all(ops.values()):
+            return self._forward_fused(video, audio, ops)
         height, width, length = video.shape[-2], video.shape[-1], audio.shape[-1]
-        tokens = self.tokens(video, audio)
-        if tokens.shape[1] != self.pos.shape[0]:
-            raise InputShapeError(
-                f"SAAVM was built for {self.pos.shape[0]} tokens but a {height}x{width} map with "
-                f"{video.shape[2]} frames makes {tokens.shape[1]}; build it with "
-                "num_tokens=token_count(frames, H, W, window) for this input size"
-            )
-        op = backends.module_op("joint_token_attention", self, tokens.device)
-        mixed = op(tokens, self.pos, self.norm.weight, self.norm.bias, self.mix.weight, self.mix.bias)
-        video_tokens, audio_tokens = mixed[:, : -self.frames], mixed[:, -self.frames :]
+        video_tokens, audio_tokens = self._mix(self.tokens(video, audio), video)
         video_map = reference.tokens_to_video(video_tokens, self.frames, height, width, self.window)
         audio_map = reference.tokens_to_audio(audio_tokens, length)
         video = video + self.video_scale(self.video_expand(video_map[:, None]))
         audio = audio + self.audio_scale(self.audio_expand(audio_map[:, None]))
         return video, audio
+
+    def _mix(self, tokens: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The joint token attention; its output split into the video tokens and the audio tokens."""
+        if tokens.shape[1] != self.pos.shape[0]:
+            raise InputShapeError(
+                f"SAAVM was built for {self.pos.shape[0]} tokens but a {video.shape[-2]}x{video.shape[-1]} map "
+                f"with {video.shape[2]} frames makes {tokens.shape[1]}; build it with "
+                "num_tokens=token_count(frames, H, W, window) for this input size"
+            )
+        op = backends.module_op("joint_token_attention", self, tokens.device)
+        mixed = op(tokens, self.pos, self.norm.weight, self.norm.bias, self.mix.weight, self.mix.bias)
+        return mixed[:, : -self.frames], mixed[:, -self.frames :]
+
+    def _forward_fused(self, video: torch.Tensor, audio: torch.Tensor, ops: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward with the fused squeeze and spread-back ops (the module docstring)."""
+        batch, channels, frames, height, width = video.shape
+        images = video.transpose(1, 2).reshape(batch * frames, channels, height, width)  # the ops' (B*T, C, H, W)
+        dw, dw_norm, _, to_one = self.video_squeeze
+        dw_weight = dw.weight[:, :, 0]
+        scale, shift = _batch_norm_affine(dw_norm, lambda: ops["video_squeeze_stats"](images, dw_weight, dw.bias),
+                                          images.numel() // channels)
+        video_tokens = ops["video_squeeze_tokens"](images, dw_weight * scale[:, None, None, None],
+                                                   dw.bias * scale + shift, to_one.weight.flatten(1), to_one.bias,
+                                                   frames, self.window)
+        conv, conv_norm, _, audio_to_one = self.audio_squeeze
+        scale, shift = _batch_norm_affine(conv_norm, lambda: ops["audio_squeeze_stats"](audio, conv.weight, conv.bias),
+                                          audio.numel() // channels)
+        audio_tokens = ops["audio_squeeze_tokens"](audio, conv.weight * scale[:, None, None], conv.bias * scale + shift,
+                                                   audio_to_one.weight, audio_to_one.bias, frames,
+                                                   self.window * self.window)
+        video_tokens, audio_tokens = self._mix(torch.cat([video_tokens, audio_tokens], dim=1), video)
+        # the layer scale goes into the spread-back convolution; the residual's own scale stays 1
+        video_scale, audio_scale = self.video_scale.scale, self.audio_scale.scale
+        ones = torch.ones_like(video_scale)
+        images = ops["video_expand_residual"](images, video_tokens, self.video_expand.weight[:, :, 0]
+                                              * video_scale[:, None, None, None], self.video_expand.bias * video_scale,
+                                              ones, self.window)
+        audio = ops["audio_expand_residual"](audio, audio_tokens, self.audio_expand.weight * audio_scale[:, None, None],
+                                             self.audio_expand.bias * audio_scale, ones)
+        return images.reshape(batch, frames, channels, height, width).transpose(1, 2), audio
+
+
+def _batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm, batch_statistics, count: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) (C,) with norm(z) = scale z + shift, as nn.BatchNorm computes it: from
+    ``batch_statistics()`` (mean, biased variance over ``count`` values per channel) in training, and then
+    the running statistics updated as nn.BatchNorm updates them; from the running statistics in eval."""
+    use_batch = norm.training or norm.running_mean is None
+    if use_batch:
+        if norm.training and count <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got {count} ({norm})")
+        mean, var = batch_statistics()
+        if norm.training and norm.track_running_stats:
+            with torch.no_grad():
+                norm.num_batches_tracked.add_(1)
+                factor = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+                norm.running_mean.lerp_(mean.detach().to(norm.running_mean.dtype), factor)
+                unbiased = var.detach() * (count / (count - 1))
+                norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), factor)
+    else:
+        mean, var = norm.running_mean, norm.running_var
+    scale = torch.rsqrt(var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -mean * scale if norm.bias is None else norm.bias - mean * scale
+    return scale, shift
