@@ -144,3 +144,34 @@ def persistent_plan(
     if 2 * own_slots >= shared:
         return max(1, own_slots), max(1, own_slots)
     return shared, max(1, min(shared, (budget_bytes - shared * scratch_bytes) // max(partial_bytes, 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# the SAAVM's maps: a depthwise 3x3 at shifted pixels, and where a map pixel sits among the tokens
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def depthwise3x3_at(planes, w_ptr, chans, chan_ok, row, col, ok, H, W):
+    """sum over the 3x3 taps of w[c, tap] * x[c, row + dr, col + dc] ('same' zero padding), (BLOCK_C, BLOCK_P)
+    in fp32, without the bias: ``planes`` (BLOCK_C, 1) points at each channel's (H, W) plane, ``ok`` masks
+    the pixels (row, col) asked for."""
+    z = tl.zeros((chans.shape[0], row.shape[0]), dtype=tl.float32)
+    for tap in tl.static_range(9):
+        r = row + (tap // 3 - 1)
+        c = col + (tap % 3 - 1)
+        inside = ok & (r >= 0) & (r < H) & (c >= 0) & (c < W)
+        x = tl.load(planes + (r * W + c)[None, :], mask=chan_ok[:, None] & inside[None, :], other=0.0)
+        z += tl.load(w_ptr + chans * 9 + tap, mask=chan_ok, other=0.0).to(tl.float32)[:, None] * x.to(tl.float32)
+    return z
+
+
+@triton.jit
+def token_slot(image, row, col, R, Q, WINDOW: tl.constexpr):
+    """Offset of map pixel (row, col) of ``image`` in the tokens (images * R * Q, WINDOW**2): token
+    image R Q + (row // WINDOW) Q + col // WINDOW, element (row % WINDOW) WINDOW + col % WINDOW."""
+    token = image.to(tl.int64) * R * Q + (row // WINDOW) * Q + col // WINDOW
+    return token * (WINDOW * WINDOW) + (row % WINDOW) * WINDOW + col % WINDOW
+
+
+def sum_partials(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The programs' fp32 partial sums (programs, ...) summed in float64, in ``dtype``."""
+    return partials.double().sum(dim=0).to(dtype)
