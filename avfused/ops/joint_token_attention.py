@@ -9,7 +9,9 @@ The same function as ``avfused.reference.joint_token_attention``, in two backend
   kernel (kernels/joint_token_attention.py) and also returns the attention output ``mixed`` and its row
   log-sum-exp (B, L), which the backward needs. The backward op does the L x L part (dS, P recomputed
   from the log-sum-exp) in two Triton kernels and the O(L * D) parts (the Linear's and the LayerNorm's
-  gradients) in torch.
+  gradients) in torch, in fp32. Tokens: float32, and on CUDA also float16 / bfloat16, read and written in
+  their dtype: the matrix products take fp16 / bf16 operands (tensor cores) with fp32 accumulation, while
+  LayerNorm, the softmax and the biases are fp32; the parameters (any of those dtypes) are read as fp32.
 * ``ext`` -- the op ``avfused_ext::joint_token_attention`` of the C++/CUDA extension
   (csrc/joint_token_attention/): a fused forward on the CPU (D <= 128), whose backward is one ATen
   composite; on CUDA (D <= 64; wider tokens run the reference there, logged once) flash-style kernels for
@@ -64,7 +66,8 @@ def check_inputs(backend: str, tokens: Tensor, pos: Tensor, ln_weight: Tensor, l
 def triton_forward(
     tokens: Tensor, pos: Tensor, ln_w: Tensor, ln_b: Tensor, lin_w: Tensor, lin_b: Tensor, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """All float32 contiguous -> (out (B, L, D), mixed (B, L, D), lse (B, L))."""
+    """Contiguous; tokens float32 (or fp16 / bf16 on CUDA), the rest float32 -> (out (B, L, D) in tokens'
+    dtype, mixed (B, L, D) and lse (B, L) in float32)."""
     from avfused.kernels.joint_token_attention import launch_forward
 
     return launch_forward(tokens, pos, ln_w, ln_b, lin_w, lin_b, eps)
@@ -72,7 +75,8 @@ def triton_forward(
 
 @triton_forward.register_fake
 def _(tokens, pos, ln_w, ln_b, lin_w, lin_b, eps):
-    return tokens.new_empty(tokens.shape), tokens.new_empty(tokens.shape), tokens.new_empty(tokens.shape[:2])
+    mixed = tokens.new_empty(tokens.shape, dtype=torch.float32)
+    return tokens.new_empty(tokens.shape), mixed, tokens.new_empty(tokens.shape[:2], dtype=torch.float32)
 
 
 def _normalise(z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -127,13 +131,16 @@ def triton_backward(
     lse: Tensor,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of the first output of triton_forward with respect to its six tensor inputs."""
+    """Gradients of the first output of triton_forward with respect to its six tensor inputs (d_tokens in
+    tokens' dtype, the rest float32)."""
     from avfused.kernels.joint_token_attention import launch_attention_backward
 
-    def attention_backward(u: Tensor, d_mixed: Tensor, delta: Tensor) -> Tensor:
-        return launch_attention_backward(u, d_mixed, lse, delta)
+    def attention_backward(u: Tensor, d_mixed: Tensor, _delta: Tensor) -> Tensor:
+        return launch_attention_backward(u, d_mixed, lse, mixed, tokens.dtype)  # its own delta: see there
 
-    return backward_around_attention(grad, tokens, pos, ln_w, ln_b, lin_w, mixed, eps, attention_backward)
+    d_tokens, *rest = backward_around_attention(grad.float(), tokens.float(), pos, ln_w, ln_b, lin_w, mixed, eps,
+                                                attention_backward)
+    return (d_tokens.to(tokens.dtype), *rest)
 
 
 @triton_backward.register_fake
@@ -174,11 +181,11 @@ def triton(
     lin_bias: Tensor,
     eps: float = 1e-5,
 ) -> Tensor:
-    """The Triton backend of the op; returns tokens' dtype."""
+    """The Triton backend of the op; returns tokens' dtype (float32, or fp16 / bf16 on CUDA, computed as such)."""
     check_inputs("triton", tokens, pos, ln_weight, ln_bias, lin_weight, lin_bias)
-    tensors = (tokens, pos, ln_weight, ln_bias, lin_weight, lin_bias)
-    out, _, _ = triton_forward(*(float32_contiguous(t) for t in tensors), float(eps))
-    return out.to(tokens.dtype)
+    params = (float32_contiguous(t) for t in (pos, ln_weight, ln_bias, lin_weight, lin_bias))  # tiny: (L, D), (D, D)
+    out, _, _ = triton_forward(tokens.contiguous(), *params, float(eps))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
