@@ -82,14 +82,14 @@ def _joint_attention_forward_kernel(
         keys = n0 + tl.arange(0, BLOCK_N)
         key_ok = keys < L
         _, u_k = _load_normed_tokens(tok_clip, pos_ptr, keys, cols, key_ok, col_ok, ln_w, ln_b, L, D, eps)
-        scores = dot(u_q, tl.trans(u_k), DOT) * scale
+        scores = dot(u_q, tl.trans(u_k), DOT) * scale  # u is LayerNorm'd (|u| ~ 1): fp16 / bf16 operands suffice
         scores = tl.where(key_ok[None, :], scores, float("-inf"))
-        # the online softmax stays fp32: exp(s - max) and the running sum lose digits fast in fp16 / bf16
+        # max, sum and lse in fp32: an fp16 lse alone shifts every P of a row (30x the rule on peaked attention)
         new_max = tl.maximum(row_max, tl.max(scores, axis=1))
         probs = tl.exp(scores - new_max[:, None])
         rescale = tl.exp(row_max - new_max)
         row_sum = row_sum * rescale + tl.sum(probs, axis=1)
-        acc = acc * rescale[:, None] + dot(probs, u_k, DOT)
+        acc = acc * rescale[:, None] + dot(probs, u_k, DOT)  # P in [0, 1] rounds like PyTorch's own P
         row_max = new_max
     mixed = acc / row_sum[:, None]
     # Linear: proj[:, e] = sum_d mixed[:, d] lin_w[e, d]; load lin_w transposed, padded to BLOCK_D
@@ -137,10 +137,10 @@ def _attention_backward_query_kernel(
         u_k = tl.load(
             u_ptr + base + keys[:, None] * D + cols[None, :], mask=key_ok[:, None] & col_ok[None, :], other=0.0
         )
-        scores = dot(u_q, tl.trans(u_k), DOT) * scale
+        scores = dot(u_q, tl.trans(u_k), DOT) * scale  # rounded as in the forward, so that P fits its lse
         probs = tl.where(key_ok[None, :], tl.exp(scores - lse_q[:, None]), 0.0)
         d_probs = dot(dmix_q, tl.trans(u_k), DOT)
-        d_scores = probs * (d_probs - delta_q[:, None])
+        d_scores = probs * (d_probs - delta_q[:, None])  # fp32: a difference of near-equal numbers
         acc += dot(d_scores, u_k, DOT)
     tl.store(du_ptr + base + rows[:, None] * D + cols[None, :], acc * scale, mask=q_mask)
 
@@ -183,7 +183,7 @@ def _attention_backward_key_kernel(
         probs_t = tl.where(row_ok[None, :], tl.exp(scores_t - lse_q[None, :]), 0.0)
         d_value += dot(probs_t, dmix_q, DOT)
         d_probs_t = dot(u_k, tl.trans(dmix_q), DOT)
-        d_scores_t = probs_t * (d_probs_t - delta_q[None, :])
+        d_scores_t = probs_t * (d_probs_t - delta_q[None, :])  # fp32: a difference of near-equal numbers
         d_key += dot(d_scores_t, u_q, DOT)
     tl.store(du_ptr + base + keys[:, None] * D + cols[None, :], d_key * scale + d_value, mask=k_mask)
 
