@@ -10,12 +10,14 @@ accumulation (``kernels/_common.dot``; fp32 tokens: fp32 ``ieee`` dots); LayerNo
 sum, lse), the residual and the biases are fp32, and so are mixed, lse and du.
 
     launch_forward(tokens, pos, ln_w, ln_b, lin_w, lin_b, eps) -> out (B, L, D) in tokens' dtype,
-        mixed (B, L, D), lse (B, L) (fp32): mixed = softmax(u u^T / sqrt(D)) u, lse its row log-sum-exp
-        (both kept for the backward)
-    launch_attention_backward(u, d_mixed, lse, mixed, dtype) -> du (B, L, D) fp32
+        mixed (B, L, D), lse (B, L) (fp32), u (B, L, D) in the dots' operand dtype (``operand_dtype``):
+        mixed = softmax(u u^T / sqrt(D)) u, lse its row log-sum-exp, u = LayerNorm(tokens + pos) as the
+        dots read it (all three kept for the backward)
+    launch_attention_backward(u, d_mixed, lse, mixed) -> du (B, L, D) fp32
         du = scale (dS u + dS^T u) + P^T d_mixed; one kernel over query blocks (the dS u part), one
-        over key blocks (the rest), each recomputing P from lse. u and d_mixed come in the dtype of the
-        dots' operands (fp32, or the tokens' fp16 / bf16).
+        over key blocks (the rest), each recomputing P from lse and the forward's own u (a u recomputed
+        elsewhere can round differently to fp16 / bf16, and on a peaked softmax one such element moves a
+        score by percents of P).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def _joint_attention_forward_kernel(
     out_ptr,
     mixed_ptr,
     lse_ptr,
+    u_ptr,
     L,
     D,
     eps,
@@ -100,6 +103,7 @@ def _joint_attention_forward_kernel(
     mask = row_ok[:, None] & col_ok[None, :]
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(mixed_ptr + offsets, mixed, mask=mask)
+    tl.store(u_ptr + offsets, u_q.to(u_ptr.dtype.element_ty), mask=mask)
     tl.store(lse_ptr + clip * L + rows, row_max + tl.log(row_sum), mask=row_ok)
 
 
@@ -193,7 +197,7 @@ def _blocks(tokens: torch.Tensor) -> tuple[int, int, int]:
     return 64, 64, block_d  # large blocks: few programs on the GPU, few numpy steps in the interpreter
 
 
-def _operand_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+def operand_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype the dots round their operands to for tokens of ``dtype`` (kernels/_common.dot_kind)."""
     return {DOT_FP16: torch.float16, DOT_BF16: torch.bfloat16}.get(dot_kind(dtype, device), torch.float32)
 
@@ -206,13 +210,14 @@ def launch_forward(
     lin_w: torch.Tensor,
     lin_b: torch.Tensor,
     eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     batch, length, dim = tokens.shape
     block_m, block_n, block_d = _blocks(tokens)
     out = torch.empty_like(tokens)
     floats = dict(device=tokens.device, dtype=torch.float32)
     mixed = torch.empty(batch, length, dim, **floats)  # fp32: the backward's delta = rowsum(d_mixed * mixed)
     lse = torch.empty(batch, length, **floats)
+    u = torch.empty_like(tokens, dtype=operand_dtype(tokens.dtype, tokens.device))
     grid = (batch, triton.cdiv(length, block_m))
     _joint_attention_forward_kernel[grid](
         tokens,
@@ -224,6 +229,7 @@ def launch_forward(
         out,
         mixed,
         lse,
+        u,
         length,
         dim,
         eps,
@@ -233,26 +239,25 @@ def launch_forward(
         BLOCK_D=block_d,
         DOT=dot_kind(tokens.dtype, tokens.device),
     )
-    return out, mixed, lse
+    return out, mixed, lse, u
 
 
 def launch_attention_backward(
-    u: torch.Tensor, d_mixed: torch.Tensor, lse: torch.Tensor, mixed: torch.Tensor, dtype: torch.dtype
+    u: torch.Tensor, d_mixed: torch.Tensor, lse: torch.Tensor, mixed: torch.Tensor
 ) -> torch.Tensor:
-    """du (fp32) from fp32 u, d_mixed, lse and mixed; the dots round their operands as the forward did for
-    tokens of ``dtype`` (u and d_mixed are cast once here, so the kernels read half as much in fp16 / bf16)."""
+    """du (fp32) from the forward's u (in the dots' operand dtype) and fp32 d_mixed, lse and mixed; d_mixed is
+    cast once to u's dtype here, so the kernels read half as much in fp16 / bf16."""
     batch, length, dim = u.shape
     block_m, block_n, block_d = _blocks(u)
     scale = 1.0 / math.sqrt(dim)
     du_query = torch.empty_like(u, dtype=torch.float32)
     du_key = torch.empty_like(du_query)
-    operand = _operand_dtype(dtype, u.device)
-    u, d_mixed = u.to(operand), d_mixed.to(operand)
+    d_mixed = d_mixed.to(u.dtype)
     # delta = rowsum(d_mixed * mixed) from d_mixed as the dots read it, so that sum_k P dP = delta holds for
     # the rounded operands too: else dS = P (dP - delta) carries a systematic error (fp16: 2x more in d_ln_w)
     delta = (d_mixed.float() * mixed).sum(dim=-1).contiguous()
     args = (u, d_mixed, lse, delta)
-    blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT=dot_kind(operand, u.device))
+    blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT=dot_kind(u.dtype, u.device))
     grid = (batch, triton.cdiv(length, block_m))
     _attention_backward_query_kernel[grid](*args, du_query, length, dim, scale, **blocks)
     grid = (batch, triton.cdiv(length, block_n))
