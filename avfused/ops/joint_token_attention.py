@@ -6,10 +6,13 @@
 The same function as ``avfused.reference.joint_token_attention``, in two backends:
 
 * ``triton`` -- the op ``avfused_triton::joint_token_attention`` runs the whole forward in one Triton
-  kernel (kernels/joint_token_attention.py) and also returns the attention output ``mixed`` and its row
-  log-sum-exp (B, L), which the backward needs. The backward op does the L x L part (dS, P recomputed
-  from the log-sum-exp) in two Triton kernels and the O(L * D) parts (the Linear's and the LayerNorm's
-  gradients) in torch.
+  kernel (kernels/joint_token_attention.py) and also returns the attention output ``mixed``, its row
+  log-sum-exp (B, L) and u = LayerNorm(tokens + pos) as its dots read it, which the backward needs. The
+  backward op does the L x L part (dS, P recomputed from the log-sum-exp) in two Triton kernels and the
+  O(L * D) parts (the Linear's and the LayerNorm's gradients) in torch, in fp32. Tokens: float32, and on
+  CUDA also float16 / bfloat16, read and written in their dtype: the matrix products take fp16 / bf16
+  operands (tensor cores) with fp32 accumulation, while LayerNorm, the softmax and the biases are fp32; the
+  parameters (any of those dtypes) are read as fp32.
 * ``ext`` -- the op ``avfused_ext::joint_token_attention`` of the C++/CUDA extension
   (csrc/joint_token_attention/): a fused forward on the CPU (D <= 128), whose backward is one ATen
   composite; on CUDA (D <= 64; wider tokens run the reference there, logged once) flash-style kernels for
@@ -63,8 +66,9 @@ def check_inputs(backend: str, tokens: Tensor, pos: Tensor, ln_weight: Tensor, l
 @torch.library.custom_op("avfused_triton::joint_token_attention", mutates_args=())
 def triton_forward(
     tokens: Tensor, pos: Tensor, ln_w: Tensor, ln_b: Tensor, lin_w: Tensor, lin_b: Tensor, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """All float32 contiguous -> (out (B, L, D), mixed (B, L, D), lse (B, L))."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Contiguous; tokens float32 (or fp16 / bf16 on CUDA), the rest float32 -> (out (B, L, D) in tokens'
+    dtype, mixed (B, L, D) and lse (B, L) in float32, u (B, L, D) in the dots' operand dtype)."""
     from avfused.kernels.joint_token_attention import launch_forward
 
     return launch_forward(tokens, pos, ln_w, ln_b, lin_w, lin_b, eps)
@@ -72,7 +76,11 @@ def triton_forward(
 
 @triton_forward.register_fake
 def _(tokens, pos, ln_w, ln_b, lin_w, lin_b, eps):
-    return tokens.new_empty(tokens.shape), tokens.new_empty(tokens.shape), tokens.new_empty(tokens.shape[:2])
+    from avfused.kernels.joint_token_attention import operand_dtype
+
+    mixed = tokens.new_empty(tokens.shape, dtype=torch.float32)
+    u = tokens.new_empty(tokens.shape, dtype=operand_dtype(tokens.dtype, tokens.device))
+    return tokens.new_empty(tokens.shape), mixed, tokens.new_empty(tokens.shape[:2], dtype=torch.float32), u
 
 
 def _normalise(z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -125,19 +133,24 @@ def triton_backward(
     lin_w: Tensor,
     mixed: Tensor,
     lse: Tensor,
+    u: Tensor,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of the first output of triton_forward with respect to its six tensor inputs."""
+    """Gradients of the first output of triton_forward with respect to its six tensor inputs (d_tokens in
+    tokens' dtype, the rest float32)."""
     from avfused.kernels.joint_token_attention import launch_attention_backward
 
-    def attention_backward(u: Tensor, d_mixed: Tensor, delta: Tensor) -> Tensor:
-        return launch_attention_backward(u, d_mixed, lse, delta)
+    def attention_backward(_u: Tensor, d_mixed: Tensor, _delta: Tensor) -> Tensor:
+        # the forward's u, rounded as its scores were (so P fits lse), and a delta from d_mixed as rounded
+        return launch_attention_backward(u, d_mixed, lse, mixed)
 
-    return backward_around_attention(grad, tokens, pos, ln_w, ln_b, lin_w, mixed, eps, attention_backward)
+    d_tokens, *rest = backward_around_attention(grad.float(), tokens.float(), pos, ln_w, ln_b, lin_w, mixed, eps,
+                                                attention_backward)
+    return (d_tokens.to(tokens.dtype), *rest)
 
 
 @triton_backward.register_fake
-def _(grad, tokens, pos, ln_w, ln_b, lin_w, mixed, lse, eps):
+def _(grad, tokens, pos, ln_w, ln_b, lin_w, mixed, lse, u, eps):
     return (
         tokens.new_empty(tokens.shape),
         pos.new_empty(pos.shape),
@@ -150,15 +163,15 @@ def _(grad, tokens, pos, ln_w, ln_b, lin_w, mixed, lse, eps):
 
 def _triton_setup_context(ctx, inputs, output) -> None:
     tokens, pos, ln_w, ln_b, lin_w, _, eps = inputs
-    _, mixed, lse = output
-    ctx.save_for_backward(tokens, pos, ln_w, ln_b, lin_w, mixed, lse)
+    _, mixed, lse, u = output
+    ctx.save_for_backward(tokens, pos, ln_w, ln_b, lin_w, mixed, lse, u)
     ctx.eps = eps
-    ctx.mark_non_differentiable(mixed, lse)
+    ctx.mark_non_differentiable(mixed, lse, u)
 
 
-def _triton_autograd(ctx, grad_out: Tensor, grad_mixed: Tensor | None, grad_lse: Tensor | None):
-    tokens, pos, ln_w, ln_b, lin_w, mixed, lse = ctx.saved_tensors
-    grads = triton_backward(grad_out.contiguous(), tokens, pos, ln_w, ln_b, lin_w, mixed, lse, ctx.eps)
+def _triton_autograd(ctx, grad_out: Tensor, grad_mixed: Tensor | None, grad_lse: Tensor | None,
+                     grad_u: Tensor | None):
+    grads = triton_backward(grad_out.contiguous(), *ctx.saved_tensors, ctx.eps)
     return (*grads, None)
 
 
@@ -174,11 +187,11 @@ def triton(
     lin_bias: Tensor,
     eps: float = 1e-5,
 ) -> Tensor:
-    """The Triton backend of the op; returns tokens' dtype."""
+    """The Triton backend of the op; returns tokens' dtype (float32, or fp16 / bf16 on CUDA, computed as such)."""
     check_inputs("triton", tokens, pos, ln_weight, ln_bias, lin_weight, lin_bias)
-    tensors = (tokens, pos, ln_weight, ln_bias, lin_weight, lin_bias)
-    out, _, _ = triton_forward(*(float32_contiguous(t) for t in tensors), float(eps))
-    return out.to(tokens.dtype)
+    params = (float32_contiguous(t) for t in (pos, ln_weight, ln_bias, lin_weight, lin_bias))  # tiny: (L, D), (D, D)
+    out, _, _, _ = triton_forward(tokens.contiguous(), *params, float(eps))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,8 +9,15 @@ import torch.nn.functional as F
 from avfused import reference
 from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import joint_token_attention
-from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
-from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON
+from avfused.testing import (
+    assert_matches_reference,
+    check_against_reference,
+    check_low_precision,
+    forward_and_grads,
+    leaves,
+    relative_error,
+)
+from tests.helpers import EXT_CPU, EXT_CUDA, TARGETS, TRITON, allow_triton_low_precision_on_cpu
 
 NAMES = ("tokens", "pos", "ln_weight", "ln_bias", "lin_weight", "lin_bias")
 ext_ops = torch.ops.avfused_ext
@@ -29,6 +36,18 @@ def make_inputs(batch, length, dim=49, device="cpu"):
 
 def check(target, inputs):
     check_against_reference(target.op(joint_token_attention), reference.joint_token_attention, inputs, NAMES)
+
+
+def non_contiguous_inputs(device):
+    """(2, 19, 49) tokens, pos, ln_weight and lin_weight as strided views."""
+    tokens = torch.randn(49, 19, 2, device=device).permute(2, 1, 0)
+    pos = torch.randn(49, 19, device=device).t()
+    lin_weight = torch.randn(49, 49, device=device).t() / 7
+    ln_weight = (1 + 0.2 * torch.randn(98, device=device))[::2]
+    inputs = [tokens, pos, ln_weight, 0.2 * torch.randn(49, device=device), lin_weight,
+              0.2 * torch.randn(49, device=device)]
+    assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous() and not inputs[2].is_contiguous()
+    return inputs
 
 
 # (batch, length, dim): a single token, odd lengths, more than one 64-row block (with a ragged last
@@ -62,13 +81,7 @@ def test_peaked_attention_stays_accurate(target):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_non_contiguous_inputs(target):
-    tokens = torch.randn(49, 19, 2).permute(2, 1, 0)  # (2, 19, 49)
-    pos = torch.randn(49, 19).t()
-    lin_weight = torch.randn(49, 49).t() / 7
-    ln_weight = (1 + 0.2 * torch.randn(98))[::2]
-    inputs = target.put([tokens, pos, ln_weight, 0.2 * torch.randn(49), lin_weight, 0.2 * torch.randn(49)])
-    assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous() and not inputs[2].is_contiguous()
-    check(target, inputs)
+    check(target, non_contiguous_inputs(target.device))
 
 
 @pytest.mark.parametrize("target", [TRITON, EXT_CPU])
@@ -105,6 +118,78 @@ def test_triton_opcheck(target):
     torch.library.opcheck(joint_token_attention.triton_forward, args, test_utils=checks)
 
 
+# Triton in fp16 / bf16. The interpreter runs fp16 kernels as on a GPU (fp16 tl.dot operands, fp32
+# accumulation); its bf16 tl.dot is wrong, so there bf16 tokens are loaded and stored as bf16 and multiplied
+# in fp32 (kernels/_common.dot_kind): the bf16 dots themselves are checked by the gpu tests.
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("shape", [(1, 200, 49), (3, 13, 17)])  # 4 blocks (the last ragged); 1 block, D = 17
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision_within_twice_torch(target, dtype, shape, monkeypatch):
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    inputs = make_inputs(*shape, device=target.device)
+    check_low_precision(joint_token_attention.triton, reference.joint_token_attention, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision_peaked_attention(target, dtype, monkeypatch):
+    """Nearly one-hot softmax: large scores, where fp16 accumulation or an fp16 log-sum-exp would cost many
+    times PyTorch's own error."""
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    inputs = make_inputs(2, 77, device=target.device)
+    inputs[2] = 4 + torch.rand(49, device=target.device)
+    check_low_precision(joint_token_attention.triton, reference.joint_token_attention, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision_non_contiguous(target, dtype, monkeypatch):
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    inputs = non_contiguous_inputs(target.device)
+    check_low_precision(joint_token_attention.triton, reference.joint_token_attention, inputs, NAMES, dtype)
+
+
+def check_low_precision_tokens_float32_parameters(dtype, device):
+    """Tokens in dtype, parameters in float32 (as under autocast): out and d_tokens come in dtype, the
+    parameters' gradients in float32, each at most twice as far from float64 as PyTorch's own all-``dtype``
+    result is from float64 (each against the float64 reference on its own inputs)."""
+    inputs = make_inputs(3, 21, device=device)
+    inputs[0] = inputs[0].to(dtype)
+    grad = torch.randn(3, 21, 49, device=device, dtype=torch.float64)
+    ref_out, ref_grads = forward_and_grads(reference.joint_token_attention, leaves(inputs, torch.float64), grad)
+    out, grads = forward_and_grads(joint_token_attention.triton, leaves(inputs), grad)
+    assert out.dtype == dtype and [g.dtype for g in grads] == [t.dtype for t in inputs]
+    rounded = [t.to(dtype) for t in inputs]
+    torch_ref_out, torch_ref_grads = forward_and_grads(reference.joint_token_attention,
+                                                       leaves(rounded, torch.float64), grad)
+    torch_out, torch_grads = forward_and_grads(reference.joint_token_attention, leaves(rounded), grad)
+    pairs = zip([out, *grads], [ref_out, *ref_grads], [torch_out, *torch_grads], [torch_ref_out, *torch_ref_grads],
+                ("output", *NAMES), strict=True)
+    for actual, expected, by_torch, torch_expected, name in pairs:
+        error, limit = relative_error(actual, expected), 2 * relative_error(by_torch, torch_expected)
+        assert error <= limit, f"{name}: relative error {error:.3e} exceeds {limit:.3e} (2x torch {dtype})"
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision_tokens_with_float32_parameters(target, dtype, monkeypatch):
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    check_low_precision_tokens_float32_parameters(dtype, target.device)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision_opcheck(target, monkeypatch):
+    """The fakes promise what the fp16 kernels return: out in fp16, mixed and lse in float32."""
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    tokens, *params = make_inputs(2, 11, dim=10, device=target.device)
+    args = (tokens.half(), *params, 1e-5)
+    checks = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(joint_token_attention.triton_forward, args, test_utils=checks)
+
+
 @pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_ext_opcheck(target):
     inputs = [t.requires_grad_() for t in make_inputs(2, 11, device=target.device)]
@@ -137,6 +222,55 @@ def test_triton_gpu_matches_float64(dtype, length):
         check_against_reference(fn, reference_fn, inputs, NAMES)
     else:
         check_low_precision(fn, reference_fn, inputs, NAMES, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("shape", [(1, 650, 49), (3, 131, 49), (3, 70, 17), (1, 200, 64)])
+def test_triton_gpu_low_precision_batch_and_sizes(dtype, shape):
+    """Batch 1 and 3, lengths with a ragged last block, other token sizes; bf16 here runs bf16 tl.dot."""
+    inputs = make_inputs(*shape, device="cuda")
+    check_low_precision(joint_token_attention.triton, reference.joint_token_attention, inputs, NAMES, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_triton_gpu_low_precision_non_contiguous_and_float32_parameters(dtype):
+    inputs = non_contiguous_inputs("cuda")
+    check_low_precision(joint_token_attention.triton, reference.joint_token_attention, inputs, NAMES, dtype)
+    check_low_precision_tokens_float32_parameters(dtype, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION])
+def test_triton_gpu_dots_use_tensor_cores_only_in_low_precision(dtype, monkeypatch):
+    """Every kernel's PTX has mma instructions for fp16 / bf16 tokens and none for float32 (ieee dots)."""
+    from avfused.kernels import joint_token_attention as kernels
+
+    names = ("_joint_attention_forward_kernel", "_attention_backward_query_kernel", "_attention_backward_key_kernel")
+    compiled = {}
+    for name in names:
+        jit = getattr(kernels, name)
+
+        def run(*args, _name=name, _run=jit.run, **kwargs):
+            compiled[_name] = _run(*args, **kwargs)
+            return compiled[_name]
+
+        monkeypatch.setattr(jit, "run", run)
+    inputs = [t.requires_grad_() for t in make_inputs(2, 70, device="cuda")]
+    inputs[0] = inputs[0].detach().to(dtype).requires_grad_()
+    joint_token_attention.triton(*inputs).sum().backward()
+    assert sorted(compiled) == sorted(names)
+    for name, kernel in compiled.items():
+        assert ("mma" in kernel.asm["ptx"]) == (dtype != torch.float32), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_triton_gpu_low_precision_opcheck(dtype):
+    tokens, *params = make_inputs(2, 11, device="cuda")
+    checks = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(joint_token_attention.triton_forward, (tokens.to(dtype), *params, 1e-5), test_utils=checks)
 
 
 @pytest.mark.parametrize("shape", [(1, 650, 49), (3, 170, 49), (2, 1, 49), (3, 131, 17), (2, 70, 64)])
