@@ -15,18 +15,23 @@ from avfused import reference
 from avfused.ops import (
     audio_frontend_stem,  # noqa: F401 (importing an op module registers its autocast rule)
     conv_mlp,
+    joint_token_attention,
     large_kernel_attention,
 )
 from avfused.testing import assert_matches_reference, forward_and_grads, leaves, relative_error
 from tests.helpers import EXT_CPU, allow_triton_low_precision_on_cpu
 from tests.ops.test_conv_mlp import make_inputs as conv_mlp_inputs
+from tests.ops.test_joint_token_attention import make_inputs as attention_inputs
 from tests.ops.test_large_kernel_attention import make_inputs as lka_inputs
 
 CASES = {  # op module, its reference, random inputs (odd map, batch 3)
     "large_kernel_attention": (large_kernel_attention, reference.large_kernel_attention,
                                lambda device: lka_inputs(3, 5, 7, 9, device=device)),
     "conv_mlp": (conv_mlp, reference.conv_mlp, lambda device: conv_mlp_inputs(3, 4, 16, 7, 9, device=device)),
+    "joint_token_attention": (joint_token_attention, reference.joint_token_attention,
+                              lambda device: attention_inputs(3, 13, 17, device=device)),
 }
+VPM_OPS = ["large_kernel_attention", "conv_mlp"]  # their raw ops' arguments: the inputs with flat weights
 
 
 def raw_ext_args(name: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -37,7 +42,7 @@ def raw_ext_args(name: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return [x, w_a, b_a, w_b, b_b, w_c, b_c]
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", VPM_OPS)
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_extension_upcasts_low_precision_activations_on_cpu(target, name):
     """Without the rule the C++ kernel refuses a bf16 activation; with it the op runs in float32."""

@@ -21,8 +21,8 @@ Tensor = torch.Tensor
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The extension computes in float32: every float dtype comes in (cast) and goes back out as it came.
 EXT_DTYPES = {"cpu": FLOAT_DTYPES, "cuda": FLOAT_DTYPES}
-# Triton takes float32 everywhere and bfloat16 / float16 on CUDA (the interpreter has no low-precision
-# path worth testing).
+# Triton takes float32 everywhere and bfloat16 / float16 on CUDA (tests let the interpreter take them too:
+# tests/helpers.allow_triton_low_precision_on_cpu).
 TRITON_DTYPES = {"cpu": (torch.float32,), "cuda": (torch.float32, torch.float16, torch.bfloat16)}
 
 # Loaded once, when the first op module is imported; plain globals keep the per-call checks traceable
