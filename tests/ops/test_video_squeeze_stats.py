@@ -15,7 +15,7 @@ from avfused import reference
 from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import video_squeeze_stats, video_squeeze_tokens
 from avfused.testing import assert_matches_reference, check_against_reference, leaves
-from tests.helpers import EXT_CPU, EXT_CUDA
+from tests.helpers import CPU_LANES, EXT_CPU, EXT_CUDA, use_cpu_lanes
 
 NAMES = ("video", "dw_weight", "dw_bias")
 ext_ops = torch.ops.avfused_ext
@@ -50,14 +50,11 @@ def check(inputs):
 SHAPES = [(1, 5, 13, 9), (3, 8, 14, 14), (3, 3, 1, 1), (1, 4, 30, 33), (3, 6, 20, 41), (2, 3, 5, 6)]
 
 
-@pytest.mark.parametrize("lanes", ["best-isa", "8-lane", "16-lane"])
+@pytest.mark.parametrize("lanes", CPU_LANES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_matches_float64(target, shape, lanes, monkeypatch):
-    if lanes == "8-lane":  # the AVX2 / baseline code path, also on AVX-512 machines
-        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
-    if lanes == "16-lane":  # the 16-lane code, built for the baseline ISA where the CPU lacks AVX-512
-        monkeypatch.setenv("AVFUSED_CPU_PORTABLE_WIDE", "1")
+    use_cpu_lanes(monkeypatch, lanes)
     check(make_inputs(*shape))
 
 

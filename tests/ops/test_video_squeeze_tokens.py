@@ -15,7 +15,14 @@ from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import video_squeeze_tokens
 from avfused.testing import assert_matches_reference, check_against_reference
-from tests.helpers import EXT_CPU, EXT_CUDA, check_float64_in_float64_out, float64_reference
+from tests.helpers import (
+    CPU_LANES,
+    EXT_CPU,
+    EXT_CUDA,
+    check_float64_in_float64_out,
+    float64_reference,
+    use_cpu_lanes,
+)
 
 NAMES = ("video", "dw_weight", "dw_bias", "weight", "bias")
 ext_ops = torch.ops.avfused_ext
@@ -48,14 +55,11 @@ SHAPES = [(1, 3, 5, 13, 9, 7), (3, 2, 8, 14, 14, 7), (1, 2, 3, 1, 1, 7), (3, 1, 
           (3, 4, 3, 5, 6, 7)]
 
 
-@pytest.mark.parametrize("lanes", ["best-isa", "8-lane", "16-lane"])
+@pytest.mark.parametrize("lanes", CPU_LANES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_matches_float64(target, shape, lanes, monkeypatch):
-    if lanes == "8-lane":  # the AVX2 / baseline code path, also on AVX-512 machines
-        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
-    if lanes == "16-lane":  # the 16-lane code, built for the baseline ISA where the CPU lacks AVX-512
-        monkeypatch.setenv("AVFUSED_CPU_PORTABLE_WIDE", "1")
+    use_cpu_lanes(monkeypatch, lanes)
     *sizes, window = shape
     check(make_inputs(*sizes), sizes[1], window)
 
