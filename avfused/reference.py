@@ -12,6 +12,7 @@ N = batch*frames images, H x W pixels, L tokens, D = 49 token values):
     joint_token_attention(tokens (B, L, D), pos (L, D), ln_w, ln_b, lin_w, lin_b) -> (B, L, D)
     video_stem(frames (N, I, H, W), w (C, I, K, K), b (C,), border (I,)) -> (N, C, ceil(H/4), ceil(W/4))
     video_squeeze_tokens(video (N, C, H, W), w_dw (C, 1, 3, 3), b_dw, w (1, C), b (1,), T, window) -> (B, L_v, D)
+    video_squeeze_stats(video (N, C, H, W), w_dw (C, 1, 3, 3), b_dw (C,))  -> (mean (C,), var (C,))
     audio_squeeze_tokens(audio (B, C, L), w (C, C, K1), b, w_one (1, C, K2), b_one (1,), T, D) -> (B, T, D)
     video_expand_residual(video (N, C, H, W), tokens (B, L_v, D), w (C, 1, 3, 3), b, scale, window) -> (N, C, H, W)
     audio_expand_residual(audio (B, C, L), tokens (B, T, D), w (C, 1, K), b, scale) -> (B, C, L)
@@ -247,6 +248,14 @@ def video_squeeze_tokens(
     hidden = F.relu(F.conv2d(video, dw_weight, dw_bias, padding=dw_weight.shape[-1] // 2, groups=channels))
     maps = F.conv2d(hidden, weight.reshape(1, channels, 1, 1), bias)
     return video_to_tokens(maps.reshape(-1, frames, maps.shape[-2], maps.shape[-1]), window)
+
+
+def video_squeeze_stats(video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """Training-mode batch-norm statistics of the SAAVM's video squeeze conv: the per-channel mean and biased
+    variance of dw3x3(video) + dw_bias over (N, H, W). video (N, C, H, W) -> (mean (C,), var (C,))."""
+    hidden = F.conv2d(video, dw_weight, dw_bias, padding=dw_weight.shape[-1] // 2, groups=video.shape[1])
+    var, mean = torch.var_mean(hidden, dim=(0, 2, 3), correction=0)
+    return mean, var
 
 
 def audio_squeeze_tokens(

@@ -70,6 +70,19 @@ EXT_CUDA = _target("ext", "cuda", "ext-cuda")
 TARGETS = [TRITON, EXT_CPU, EXT_CUDA]
 
 
+# The C++ CPU kernels' code paths: the best the CPU has, the 8-lane one (AVX2 / baseline, also on AVX-512
+# machines) and the 16-lane one (built for the baseline ISA where the CPU lacks AVX-512).
+CPU_LANES = ("best-isa", "8-lane", "16-lane")
+
+
+def use_cpu_lanes(monkeypatch: pytest.MonkeyPatch, lanes: str) -> None:
+    """Send the extension's per-image C++ kernels down one of CPU_LANES."""
+    if lanes == "8-lane":
+        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+    if lanes == "16-lane":
+        monkeypatch.setenv("AVFUSED_CPU_PORTABLE_WIDE", "1")
+
+
 # ---------------------------------------------------------------------------------------------
 # forward-only extension ops (the folded model's CPU kernels): shared checks of their op tests
 # ---------------------------------------------------------------------------------------------

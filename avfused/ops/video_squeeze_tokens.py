@@ -4,11 +4,14 @@
                          frames T, window w) -> (B, T * ceil(H/w) * ceil(W/w), w*w)
 
 The same function as ``avfused.reference.video_squeeze_tokens`` (the folded SAAVM's, avfused.inference: its
-batch norm is in dw_weight and dw_bias). One backend:
+batch norm is in dw_weight and dw_bias; in training the batch norm folds in per batch from
+``video_squeeze_stats``). One backend:
 
-* ``ext`` -- the op ``avfused_ext::video_squeeze_tokens``: a C++ CPU forward for inference
-  (csrc/video_squeeze_tokens/) that writes neither the (B*T, C, H, W) hidden layer nor the map. Where
-  autograd records, and on CUDA tensors, the wrapper runs the reference.
+* ``ext`` -- the op ``avfused_ext::video_squeeze_tokens`` and its backward op
+  ``avfused_ext::video_squeeze_tokens_backward`` (csrc/video_squeeze_tokens/): C++ CPU kernels, in
+  inference and in training, that write neither the (B*T, C, H, W) hidden layer nor the map; the forward
+  keeps only its inputs for the backward, which recomputes the hidden layer one channel plane at a time.
+  CUDA tensors run the reference.
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
-    forward_only_ext,
-    register_forward_only_ext,
+    reference_on_gpu,
 )
 
 Tensor = torch.Tensor
@@ -52,13 +54,36 @@ def ext(video: Tensor, dw_weight: Tensor, dw_bias: Tensor, weight: Tensor, bias:
         window: int) -> Tensor:
     """The extension backend of the op; returns video's dtype (computed in float32)."""
     check_inputs("ext", video, dw_weight, dw_bias, weight, bias, frames, window)
-    return forward_only_ext(OP, (video, dw_weight, dw_bias, weight, bias), frames, window)
+    tensors = (video, dw_weight, dw_bias, weight, bias)
+    if video.device.type == "cuda":
+        return reference_on_gpu(OP)(*tensors, frames, window)
+    out = torch.ops.avfused_ext.video_squeeze_tokens(*(t.float() for t in tensors), frames, window)
+    return out.to(video.dtype)
 
 
-def _fake(video, dw_weight, dw_bias, weight, bias, frames, window):
-    windows = -(-video.shape[2] // window) * -(-video.shape[3] // window)
-    return video.new_empty((video.shape[0] // frames, frames * windows, window * window))
+def _register_ext() -> None:
+    """Fakes and autograd of the extension's ops (their schemas and kernels come from csrc/)."""
+
+    @torch.library.register_fake("avfused_ext::video_squeeze_tokens")
+    def _(video, dw_weight, dw_bias, weight, bias, frames, window):
+        windows = -(-video.shape[2] // window) * -(-video.shape[3] // window)
+        return video.new_empty((video.shape[0] // frames, frames * windows, window * window))
+
+    @torch.library.register_fake("avfused_ext::video_squeeze_tokens_backward")
+    def _(grad_tokens, video, dw_weight, dw_bias, weight, bias, frames, window):
+        return tuple(t.new_empty(t.shape) for t in (video, dw_weight, dw_bias, weight, bias))
+
+    def setup_context(ctx, inputs, output):
+        *tensors, ctx.frames, ctx.window = inputs
+        ctx.save_for_backward(*tensors)
+
+    def backward(ctx, grad_tokens):
+        grads = torch.ops.avfused_ext.video_squeeze_tokens_backward(grad_tokens, *ctx.saved_tensors, ctx.frames,
+                                                                    ctx.window)
+        return (*grads, None, None)
+
+    torch.library.register_autograd("avfused_ext::video_squeeze_tokens", backward, setup_context=setup_context)
 
 
 if EXT_REASONS["cpu"] is None:
-    register_forward_only_ext(OP, _fake)
+    _register_ext()

@@ -1,7 +1,9 @@
-"""video_squeeze_tokens, the extension's C++ kernel against the float64 reference.
+"""video_squeeze_tokens, the extension's C++ kernels against the float64 reference: forward and every gradient.
 
-A CPU forward for inference (no Triton or CUDA kernel): its gradients are checked on the raw op
-``avfused_ext::video_squeeze_tokens``, whose autograd recomputes through the reference.
+The op ``avfused_ext::video_squeeze_tokens`` and its backward op ``avfused_ext::video_squeeze_tokens_backward``
+run C++ kernels on the CPU, in inference and in training (no Triton or CUDA kernel: CUDA tensors run the
+reference). The training composition with ``video_squeeze_stats`` (batch norm on batch statistics) is
+checked in tests/ops/test_video_squeeze_stats.py.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import torch
 from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import video_squeeze_tokens
+from avfused.testing import assert_matches_reference, check_against_reference
 from tests.helpers import (
+    CPU_LANES,
     EXT_CPU,
     EXT_CUDA,
     check_float64_in_float64_out,
-    check_forward_only_ext,
-    check_wrapper_runs_reference_under_autograd,
-    opcheck_forward_only,
+    float64_reference,
+    use_cpu_lanes,
 )
 
 NAMES = ("video", "dw_weight", "dw_bias", "weight", "bias")
+ext_ops = torch.ops.avfused_ext
 
 
 def make_inputs(clips, frames, channels, height, width, device="cpu"):
@@ -34,19 +38,30 @@ def make_inputs(clips, frames, channels, height, width, device="cpu"):
     ]
 
 
+def check(inputs, frames, window):
+    """The wrapper's inference forward, then its forward and every gradient under autograd, against float64."""
+    with torch.no_grad():
+        out = video_squeeze_tokens.ext(*inputs, frames, window)
+    assert out.dtype == inputs[0].dtype
+    expected = reference.video_squeeze_tokens(*(t.double() for t in inputs), frames, window)
+    assert_matches_reference(out, expected, name="forward")
+    check_against_reference(lambda *t: video_squeeze_tokens.ext(*t, frames, window),
+                            lambda *t: reference.video_squeeze_tokens(*t, frames, window), inputs, NAMES)
+
+
 # (clips, frames, channels, height, width, window): maps the windows do not tile, a map smaller than one
-# window, rows of several vectors, one and three clips
-SHAPES = [(1, 3, 5, 13, 9, 7), (3, 2, 8, 14, 14, 7), (1, 2, 3, 1, 1, 7), (3, 1, 4, 30, 33, 4), (1, 2, 6, 20, 41, 7)]
+# window (and one pixel), rows of several vectors, one and three clips, T = 1 to 4 (not the model's 10)
+SHAPES = [(1, 3, 5, 13, 9, 7), (3, 2, 8, 14, 14, 7), (1, 2, 3, 1, 1, 7), (3, 1, 4, 30, 33, 4), (1, 2, 6, 20, 41, 7),
+          (3, 4, 3, 5, 6, 7)]
 
 
-@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("lanes", CPU_LANES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_matches_float64(target, shape, narrow, monkeypatch):
-    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
-        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+def test_matches_float64(target, shape, lanes, monkeypatch):
+    use_cpu_lanes(monkeypatch, lanes)
     *sizes, window = shape
-    check_forward_only_ext(video_squeeze_tokens, make_inputs(*sizes), (sizes[1], window), NAMES)
+    check(make_inputs(*sizes), sizes[1], window)
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -55,9 +70,42 @@ def test_non_contiguous_inputs(target):
     inputs[0] = inputs[0].to(memory_format=torch.channels_last)
     inputs[3] = torch.randn(1, 8)[:, ::2]
     assert not inputs[0].is_contiguous() and not inputs[3].is_contiguous()
-    check_forward_only_ext(video_squeeze_tokens, inputs, (3, 7), NAMES)
+    check(inputs, 3, 7)
     inputs[0] = torch.randn(6, 8, 9, 11)[:, ::2]  # a channel slice
-    check_forward_only_ext(video_squeeze_tokens, inputs, (3, 7), NAMES)
+    check(inputs, 3, 7)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_backward_op_takes_a_non_contiguous_gradient(target):
+    inputs = make_inputs(2, 3, 4, 9, 11)
+    grad = torch.randn(2, 7 * 7, 3 * 2 * 2).transpose(1, 2)  # (B, T R Q, w^2) as a transposed view
+    assert not grad.is_contiguous()
+    _, expected = float64_reference(lambda *t: reference.video_squeeze_tokens(*t, 3, 7), inputs, grad)
+    grads = ext_ops.video_squeeze_tokens_backward(grad, *inputs, 3, 7)
+    for name, mine, theirs in zip(NAMES, grads, expected, strict=True):
+        assert_matches_reference(mine, theirs, name=f"grad {name}")
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_trains_through_its_own_kernels(target, monkeypatch):
+    """Forward and backward run the extension's ops under autograd, never the reference."""
+    inputs = make_inputs(2, 3, 4, 9, 10)
+    want = reference.video_squeeze_tokens(*(t.double() for t in inputs), 3, 7)
+    calls = []
+    raw = ext_ops.video_squeeze_tokens
+
+    def refuse(*args):
+        raise AssertionError("the reference ran")
+
+    monkeypatch.setattr(reference, "video_squeeze_tokens", refuse)
+    monkeypatch.setattr(ext_ops, "video_squeeze_tokens", lambda *a: calls.append(1) or raw(*a),
+                        raising=False)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = video_squeeze_tokens.ext(*leaves, 3, 7)
+    out.square().sum().backward()
+    assert calls == [1]
+    assert_matches_reference(out, want)
+    assert all(leaf.grad is not None for leaf in leaves)
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -90,13 +138,12 @@ def test_float64_inputs_give_float64_outputs(target):
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_wrapper_runs_the_reference_where_autograd_records(target, monkeypatch):
-    check_wrapper_runs_reference_under_autograd(video_squeeze_tokens, make_inputs(1, 2, 3, 9, 10), (2, 7), monkeypatch)
-
-
-@pytest.mark.parametrize("target", [EXT_CPU])
 def test_opcheck(target):
-    opcheck_forward_only(video_squeeze_tokens, make_inputs(2, 2, 3, 5, 6), (2, 4))
+    inputs = make_inputs(2, 2, 3, 5, 6)
+    torch.library.opcheck(ext_ops.video_squeeze_tokens.default, [t.requires_grad_() for t in inputs] + [2, 4])
+    inputs = make_inputs(2, 2, 3, 5, 6)
+    grad = torch.randn(2, 2 * 2 * 2, 16)
+    torch.library.opcheck(ext_ops.video_squeeze_tokens_backward.default, [grad, *inputs, 2, 4])
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -104,14 +151,22 @@ def test_raw_op_rejects_bad_inputs_with_runtime_errors(target):
     """Called directly, the C++ checks answer with RuntimeError (TORCH_CHECK), not a crash."""
     video, dw_weight, dw_bias, weight, bias = make_inputs(1, 2, 4, 8, 8)
     with pytest.raises(RuntimeError, match="weight"):
-        torch.ops.avfused_ext.video_squeeze_tokens(video, dw_weight, dw_bias, weight[:, :3], bias, 2, 7)
+        ext_ops.video_squeeze_tokens(video, dw_weight, dw_bias, weight[:, :3], bias, 2, 7)
     with pytest.raises(RuntimeError, match="whole clips"):
-        torch.ops.avfused_ext.video_squeeze_tokens(video, dw_weight, dw_bias, weight, bias, 3, 7)
+        ext_ops.video_squeeze_tokens(video, dw_weight, dw_bias, weight, bias, 3, 7)
+    with pytest.raises(RuntimeError, match="grad_tokens"):  # one token short
+        ext_ops.video_squeeze_tokens_backward(torch.randn(1, 7, 49), video, dw_weight, dw_bias, weight, bias, 2, 7)
+    with pytest.raises(RuntimeError, match="float32"):
+        ext_ops.video_squeeze_tokens_backward(torch.randn(1, 8, 49).double(), video, dw_weight, dw_bias, weight, bias,
+                                              2, 7)
 
 
 @pytest.mark.parametrize("target", [EXT_CUDA])
-def test_gpu_tensors_run_the_reference(target):
-    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
+def test_gpu_tensors_run_the_reference(target, monkeypatch):
+    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error, in training too."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the fp32 reference against float64
     inputs = make_inputs(2, 3, 8, 14, 14, device="cuda")
     expected = reference.video_squeeze_tokens(*inputs, 3, 7)
     torch.testing.assert_close(video_squeeze_tokens.ext(*inputs, 3, 7), expected)
+    check_against_reference(lambda *t: video_squeeze_tokens.ext(*t, 3, 7),
+                            lambda *t: reference.video_squeeze_tokens(*t, 3, 7), inputs, NAMES)

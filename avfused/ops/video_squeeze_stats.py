@@ -1,0 +1,77 @@
+"""``video_squeeze_stats``: training-mode batch-norm statistics of the SAAVM's video squeeze conv.
+
+    video_squeeze_stats(video (B*T, C, H, W), dw_weight (C, 1, 3, 3), dw_bias (C,)) -> (mean (C,), var (C,))
+
+The same function as ``avfused.reference.video_squeeze_stats``: the per-channel mean and biased variance of
+z = dw3x3(video) + dw_bias over (B*T, H, W). With them the batch norm folds into the depthwise conv per
+batch (s = bn_weight / sqrt(var + eps), dw_weight * s, (dw_bias - mean) * s + bn_bias), and
+``video_squeeze_tokens`` then trains the SAAVM's video squeeze without the hidden layer in memory; autograd
+through that composition is batch norm's training gradient. One backend:
+
+* ``ext`` -- the op ``avfused_ext::video_squeeze_stats`` and its backward op
+  ``avfused_ext::video_squeeze_stats_backward`` (csrc/video_squeeze_stats/): C++ CPU kernels that recompute
+  z one channel plane at a time, in both passes (float32 z, the statistics and weight gradients summed in
+  double; the variance from each plane's deviations around its own mean, so no cancellation when |mean| is
+  far above the spread). CUDA tensors run the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from avfused.ops._common import (
+    EXT_REASONS,
+    check_non_empty,
+    check_rank,
+    check_shape,
+    check_tensors,
+    reference_on_gpu,
+)
+
+Tensor = torch.Tensor
+OP = "video_squeeze_stats"
+EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+
+
+def check_inputs(backend: str, video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> None:
+    """The op's one validator: named errors before any kernel runs."""
+    check_tensors(OP, backend, video=video, dw_weight=dw_weight, dw_bias=dw_bias)
+    check_rank(OP, "video", video, 4, "(B*T, C, H, W)")
+    check_non_empty(OP, "video", video, "(B*T, C, H, W)", "images")
+    channels = video.shape[1]
+    check_shape(OP, "dw_weight", dw_weight, (channels, 1, 3, 3), "(C, 1, 3, 3)")
+    check_shape(OP, "dw_bias", dw_bias, (channels,), "(C,)")
+
+
+def ext(video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """The extension backend of the op; returns (mean, var) in video's dtype (computed in float32, summed in
+    double)."""
+    check_inputs("ext", video, dw_weight, dw_bias)
+    if video.device.type == "cuda":
+        return reference_on_gpu(OP)(video, dw_weight, dw_bias)
+    mean, var = torch.ops.avfused_ext.video_squeeze_stats(video.float(), dw_weight.float(), dw_bias.float())
+    return mean.to(video.dtype), var.to(video.dtype)
+
+
+def _register_ext() -> None:
+    """Fakes and autograd of the extension's ops (their schemas and kernels come from csrc/)."""
+
+    @torch.library.register_fake("avfused_ext::video_squeeze_stats")
+    def _(video, dw_weight, dw_bias):
+        return video.new_empty(dw_bias.shape), video.new_empty(dw_bias.shape)
+
+    @torch.library.register_fake("avfused_ext::video_squeeze_stats_backward")
+    def _(grad_mean, grad_var, video, dw_weight, dw_bias, mean):
+        return tuple(t.new_empty(t.shape) for t in (video, dw_weight, dw_bias))
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, output[0])
+
+    def backward(ctx, grad_mean, grad_var):
+        return torch.ops.avfused_ext.video_squeeze_stats_backward(grad_mean, grad_var, *ctx.saved_tensors)
+
+    torch.library.register_autograd("avfused_ext::video_squeeze_stats", backward, setup_context=setup_context)
+
+
+if EXT_REASONS["cpu"] is None:
+    _register_ext()
