@@ -144,6 +144,16 @@ def float64_reference(reference_fn: Callable, inputs: list[torch.Tensor], grad: 
 # ---------------------------------------------------------------------------------------------
 # extension ops with a C++ CPU backward (the SAAVM's token building and scatter-back): shared checks
 # ---------------------------------------------------------------------------------------------
+def set_cpu_lanes(lanes: str, monkeypatch) -> None:
+    """The C++ kernels' lane width for this test: 'best-isa' (the CPU's), '8-lane' (the AVX2 / baseline code,
+    also on AVX-512 machines) or '16-lane' (the 16-lane code; built for the baseline ISA where the CPU lacks
+    AVX-512)."""
+    if lanes == "8-lane":
+        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+    if lanes == "16-lane":
+        monkeypatch.setenv("AVFUSED_CPU_PORTABLE_WIDE", "1")
+
+
 def check_trainable_ext(module: ModuleType, inputs: list[torch.Tensor], scalars: tuple = (),
                         names: tuple[str, ...] = (), views: Callable | None = None) -> None:
     """The wrapper ``module.ext`` (the C++ forward and backward ops), forward and the gradient of every tensor

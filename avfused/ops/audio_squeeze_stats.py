@@ -11,9 +11,10 @@ memory; gradients flow through the fold into mean and var, and from there back h
 
 * ``ext`` -- the op ``avfused_ext::audio_squeeze_stats`` and its backward
   ``avfused_ext::audio_squeeze_stats_backward(grad_mean, grad_var, audio, weight, bias, mean)``
-  (csrc/audio_squeeze_stats/): one clip's z at a time from ATen's convolution, its moments in double merged
-  over the clips (no float32 E[z^2] - E[z]^2); the backward recomputes each clip's z, forms grad_z =
-  grad_mean / M + 2 grad_var (z - mean) / M (M = B L) and runs ATen's convolution backward on it. CUDA
+  (csrc/audio_squeeze_stats/): z tile by tile from the dense Conv1d tile kernel audio_squeeze_tokens uses
+  (faster than ATen's convolution at these shapes), each tile's moments in double, merged in a fixed order
+  (no float32 E[z^2] - E[z]^2); the backward recomputes z per tile, forms grad_z = grad_mean / M +
+  2 grad_var (z - mean) / M (M = B L) and runs the tile backward on it. z never exists beyond a tile. CUDA
   tensors run the reference.
 """
 

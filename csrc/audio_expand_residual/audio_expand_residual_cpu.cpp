@@ -179,6 +179,15 @@ void expand_backward_tiles_w16(const AudioExpandArgs& a, const AudioExpandBackwa
 }
 #endif
 
+// The 16-lane code for the baseline ISA: AVFUSED_CPU_PORTABLE_WIDE=1 (tests on CPUs without AVX-512).
+void expand_backward_tiles_w16_portable(const AudioExpandArgs& a, const AudioExpandBackward& g,
+                                        int64_t begin, int64_t end,
+                                        GradientSums& sums, const AudioExpandGradientLayout& layout) {
+  BackwardBuffers buffers;
+  double* mine = sums.mine();
+  for (int64_t unit = begin; unit < end; ++unit) expand_backward_tile<16>(a, g, unit, mine, layout, buffers);
+}
+
 AVFUSED_TARGET_CLONES
 void expand_channels_w8(const AudioExpandArgs& a, int64_t begin, int64_t end) {
   std::vector<float> row;
@@ -194,6 +203,13 @@ void expand_channels_w16(const AudioExpandArgs& a, int64_t begin, int64_t end) {
   for (int64_t unit = begin; unit < end; ++unit) expand_channel<16>(a, unit, row, clip);
 }
 #endif
+
+// The 16-lane code for the baseline ISA: AVFUSED_CPU_PORTABLE_WIDE=1 (tests on CPUs without AVX-512).
+void expand_channels_w16_portable(const AudioExpandArgs& a, int64_t begin, int64_t end) {
+  std::vector<float> row;
+  int64_t clip = -1;
+  for (int64_t unit = begin; unit < end; ++unit) expand_channel<16>(a, unit, row, clip);
+}
 
 struct AudioExpandInputs {
   at::Tensor audio, tokens, weight, bias, scale;
@@ -229,11 +245,12 @@ at::Tensor audio_expand_residual_cpu(const at::Tensor& audio, const at::Tensor& 
   const int64_t clips = audio.size(0), channels = audio.size(1);
   at::Tensor out = at::empty_like(in.audio);
   const AudioExpandArgs args = make_args(in, out);
-  const bool wide = simd::use_wide_vectors();
+  const Lanes isa = image_kernel_lanes();
   at::parallel_for(0, clips * channels, 1, [&](int64_t begin, int64_t end) {
 #if AVFUSED_X86_DISPATCH
-    if (wide) return expand_channels_w16(args, begin, end);
+    if (isa == Lanes::k16) return expand_channels_w16(args, begin, end);
 #endif
+    if (isa == Lanes::k16Portable) return expand_channels_w16_portable(args, begin, end);
     expand_channels_w8(args, begin, end);
   });
   return out;
@@ -269,11 +286,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> audio_exp
                                      row, tiles};
   const AudioExpandGradientLayout layout(channels, kernel);
   GradientSums sums(layout.size);
-  const bool wide = simd::use_wide_vectors();
+  const Lanes isa = image_kernel_lanes();
   at::parallel_for(0, clips * tiles, 1, [&](int64_t begin, int64_t end) {
 #if AVFUSED_X86_DISPATCH
-    if (wide) return expand_backward_tiles_w16(args, backward, begin, end, sums, layout);
+    if (isa == Lanes::k16) return expand_backward_tiles_w16(args, backward, begin, end, sums, layout);
 #endif
+    if (isa == Lanes::k16Portable) return expand_backward_tiles_w16_portable(args, backward, begin, end, sums, layout);
     expand_backward_tiles_w8(args, backward, begin, end, sums, layout);
   });
   at::Tensor grad_tokens = at::empty_like(in.tokens);

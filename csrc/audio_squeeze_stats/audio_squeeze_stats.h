@@ -9,7 +9,8 @@
 //   audio_squeeze_stats_backward(grad_mean (C,), grad_var (C,), audio, weight, bias, mean (C,))
 //     -> (grad_audio, grad_weight, grad_bias)
 //   grad_z = grad_mean / M + 2 grad_var (z - mean) / M, then back through the convolution.
-// CPU only. z is recomputed one clip at a time, never stored for the whole batch.
+// CPU only. z is computed tile by tile (its moments merged in double) and recomputed so in the backward,
+// never stored beyond one tile.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,6 +18,8 @@
 #include <vector>
 
 namespace avfused::audio_squeeze_stats {
+
+constexpr int64_t kTile = 512;  // positions per work unit
 
 // Mean and sum of squared deviations of `count` values, in double (two passes over values in cache).
 struct Moments {

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "../common/dense_conv1d.h"
 #include "../common/depthwise.h"
 #include "audio_squeeze_tokens.h"
 
@@ -34,81 +35,17 @@ struct AudioSqueezeArgs {
   int64_t channels, length, k1, k2, tiles;
 };
 
-template <int W>
-struct HiddenGeometry {
-  static constexpr int G = W == 16 ? 8 : 4;  // output channels per block: G x U accumulators fit the registers
-  static constexpr int U = 2;
+struct TileBuffers : dense_conv1d::TileBuffers {  // out: the hidden layer
+  std::vector<float> grad_hidden, grad_signal;
 };
 
-// hidden[g][j + u W ...] = ReLU(bias[g] + sum_{c, k} taps[c k][g] input[c][j + k + u W ...]).
-template <int W, int U>
-AVFUSED_INLINE void hidden_chunk(const float* input, int64_t in_stride, int64_t channels, int64_t k1,
-                                 const float* taps, const float* bias, float* hidden, int64_t stride, int64_t j) {
-  using V = typename simd::Vec<W>::f;
-  constexpr int G = HiddenGeometry<W>::G;
-  V acc[G][U];
-  for (int g = 0; g < G; ++g) {
-    for (int u = 0; u < U; ++u) acc[g][u] = simd::splat<V>(bias[g]);
-  }
-  for (int64_t c = 0; c < channels; ++c) {
-    for (int64_t k = 0; k < k1; ++k) {
-      V values[U];
-      for (int u = 0; u < U; ++u) values[u] = simd::load<V>(input + c * in_stride + j + k + u * W);
-      const float* w = taps + (c * k1 + k) * G;
-#pragma GCC unroll 8
-      for (int g = 0; g < G; ++g) {
-        for (int u = 0; u < U; ++u) acc[g][u] += w[g] * values[u];
-      }
-    }
-  }
-  for (int g = 0; g < G; ++g) {
-    for (int u = 0; u < U; ++u) simd::store(hidden + g * stride + j + u * W, acc[g][u] > 0.f ? acc[g][u] : V{});
-  }
-}
-
-struct TileBuffers {
-  std::vector<float> input, hidden, grad_hidden, grad_signal;
-};
-
-// The ReLU'd hidden layer of clip b at positions start + i, i < hidden_lanes (a multiple of W), zero outside
-// [0, L) (the C -> 1 convolution's padding): buf.hidden holds its C (padded to whole blocks) rows of
-// hidden_lanes; buf.input the audio it came from, input index i being position start - K1 / 2 + i.
+// The ReLU'd hidden layer of clip b at positions start + i, i < hidden_lanes, zero outside [0, L) (the C -> 1
+// convolution's padding), into buf.out; buf.input the audio it came from (dense_conv1d::forward_tile).
 template <int W>
 AVFUSED_INLINE void hidden_tile(const AudioSqueezeArgs& a, int64_t b, int64_t start, int64_t hidden_lanes,
                                 TileBuffers& buf) {
-  constexpr int G = HiddenGeometry<W>::G, U = HiddenGeometry<W>::U;
-  const int64_t channels = a.channels, length = a.length, k1 = a.k1;
-  const int64_t blocks = round_up(channels, G) / G;
-  const int64_t in_stride = hidden_lanes + k1 - 1;
-  buf.input.resize(channels * in_stride);
-  buf.hidden.resize(blocks * G * hidden_lanes);
-  const float* audio = a.audio + b * channels * length;
-  const int64_t first = start - k1 / 2;
-  for (int64_t c = 0; c < channels; ++c) {
-    float* row = buf.input.data() + c * in_stride;
-    for (int64_t i = 0; i < in_stride; ++i) {
-      const int64_t position = first + i;
-      row[i] = position >= 0 && position < length ? audio[c * length + position] : 0.f;
-    }
-  }
-  for (int64_t block = 0; block < blocks; ++block) {
-    const float* taps = a.taps + block * channels * k1 * G;
-    float* hidden = buf.hidden.data() + block * G * hidden_lanes;
-    int64_t j = 0;
-    for (; j + U * W <= hidden_lanes; j += U * W) {
-      hidden_chunk<W, U>(buf.input.data(), in_stride, channels, k1, taps, a.bias + block * G, hidden, hidden_lanes, j);
-    }
-    for (; j < hidden_lanes; j += W) {
-      hidden_chunk<W, 1>(buf.input.data(), in_stride, channels, k1, taps, a.bias + block * G, hidden, hidden_lanes, j);
-    }
-  }
-  const int64_t valid_begin = std::clamp<int64_t>(-start, 0, hidden_lanes);
-  const int64_t valid_end = std::clamp<int64_t>(length - start, 0, hidden_lanes);
-  for (int64_t c = 0; c < channels; ++c) {
-    float* row = buf.hidden.data() + c * hidden_lanes;
-    std::fill(row, row + valid_begin, 0.f);
-    std::fill(row + valid_end, row + hidden_lanes, 0.f);
-  }
+  const dense_conv1d::Conv conv{a.audio + b * a.channels * a.length, a.taps, a.bias, a.channels, a.length, a.k1};
+  dense_conv1d::forward_tile<W, true>(conv, start, hidden_lanes, buf);
 }
 
 template <int W>
@@ -124,7 +61,7 @@ AVFUSED_INLINE void squeeze_tile(const AudioSqueezeArgs& a, int64_t unit, TileBu
   for (int64_t j = 0; j < out_lanes; j += W) {
     V acc = simd::splat<V>(a.to_one_bias);
     for (int64_t c = 0; c < channels; ++c) {
-      const float* row = buf.hidden.data() + c * hidden_lanes + j;
+      const float* row = buf.out.data() + c * hidden_lanes + j;
       const float* w = a.to_one + c * k2;
       for (int64_t k = 0; k < k2; ++k) acc += w[k] * simd::load<V>(row + k);
     }
@@ -175,7 +112,7 @@ AVFUSED_INLINE void squeeze_backward_tile(const AudioSqueezeArgs& a, const Audio
   const float* own_grad = buf.grad_signal.data();
   sums[layout.to_one_bias] += plane_sum<W>(own_grad, lanes, 1, lanes);
   for (int64_t c = 0; c < channels; ++c) {
-    const float* hidden = buf.hidden.data() + c * hidden_lanes + reach - half2;
+    const float* hidden = buf.out.data() + c * hidden_lanes + reach - half2;
     double* grad_to_one = sums + layout.to_one + c * k2;
     for (int64_t k = 0; k < k2; ++k) grad_to_one[k] += dot<W>(own_grad, hidden + k, lanes);
   }
@@ -184,7 +121,7 @@ AVFUSED_INLINE void squeeze_backward_tile(const AudioSqueezeArgs& a, const Audio
   const float* window = grad_signal + l0 - half1 - half2;
   for (int64_t c = 0; c < channels; ++c) {
     const float* w = a.to_one + c * k2;
-    const float* hidden = buf.hidden.data() + c * hidden_lanes + reach - half1;
+    const float* hidden = buf.out.data() + c * hidden_lanes + reach - half1;
     float* grad_hidden = buf.grad_hidden.data() + c * grad_lanes;
     for (int64_t i = 0; i < grad_lanes; i += W) {
       V acc = V{};
@@ -192,38 +129,11 @@ AVFUSED_INLINE void squeeze_backward_tile(const AudioSqueezeArgs& a, const Audio
       simd::store(grad_hidden + i, simd::load<V>(hidden + i) > 0.f ? acc : V{});
     }
   }
-  // the tile's audio gradient: grad_audio[ci][l0 + i] = sum_{co, j} weight[co][ci][K1 - 1 - j] grad_hidden[co][i + j]
-  float* grad_audio = g.grad_audio + b * channels * length + l0;
-  for (int64_t ci = 0; ci < channels; ++ci) {
-    for (int64_t i = 0; i < lanes; i += W) {
-      V acc = V{};
-      for (int64_t co = 0; co < channels; ++co) {
-        const float* w = g.weight + (co * channels + ci) * k1;
-        const float* grad_hidden = buf.grad_hidden.data() + co * grad_lanes + i;
-        for (int64_t j = 0; j < k1; ++j) acc += w[k1 - 1 - j] * simd::load<V>(grad_hidden + j);
-      }
-      const int64_t valid = std::min<int64_t>(W, count - i);
-      if (valid == W) {
-        simd::store(grad_audio + ci * length + i, acc);
-      } else {
-        store_first(grad_audio + ci * length + i, acc, valid);
-      }
-    }
-  }
-  // the weight sums over the tile's own positions: grad_hidden's own part, zero past the tile
-  for (int64_t co = 0; co < channels; ++co) {
-    float* own = buf.grad_hidden.data() + co * grad_lanes + half1;
-    std::fill(own + count, own + lanes, 0.f);
-    V acc = V{};
-    for (int64_t i = 0; i < lanes; i += W) acc += simd::load<V>(own + i);
-    sums[layout.bias + co] += horizontal_sum(acc);
-    for (int64_t ci = 0; ci < channels; ++ci) {
-      // audio at position l0 + i + k - half1 is input index i + k + reach
-      const float* input = buf.input.data() + ci * (hidden_lanes + k1 - 1) + reach;
-      double* grad_weight = sums + layout.weight + (co * channels + ci) * k1;
-      for (int64_t k = 0; k < k1; ++k) grad_weight[k] += dot<W>(own, input + k, lanes);
-    }
-  }
+  // the tile's audio gradient and the C -> C weight sums; audio at position l0 - half1 + i is input index
+  // reach + i
+  dense_conv1d::backward_tile<W>(g.weight, channels, k1, length, buf.grad_hidden.data(), grad_lanes,
+                                 buf.input.data() + reach, hidden_lanes + k1 - 1, count,
+                                 g.grad_audio + b * channels * length + l0, sums + layout.weight, sums + layout.bias);
 }
 
 AVFUSED_TARGET_CLONES
@@ -244,6 +154,15 @@ void squeeze_backward_tiles_w16(const AudioSqueezeArgs& a, const AudioSqueezeBac
 }
 #endif
 
+// The 16-lane code for the baseline ISA: AVFUSED_CPU_PORTABLE_WIDE=1 (tests on CPUs without AVX-512).
+void squeeze_backward_tiles_w16_portable(const AudioSqueezeArgs& a, const AudioSqueezeBackward& g,
+                                         int64_t begin, int64_t end,
+                                         GradientSums& sums, const SqueezeGradientLayout& layout) {
+  TileBuffers buffers;
+  double* mine = sums.mine();
+  for (int64_t unit = begin; unit < end; ++unit) squeeze_backward_tile<16>(a, g, unit, mine, layout, buffers);
+}
+
 AVFUSED_TARGET_CLONES
 void squeeze_tiles_w8(const AudioSqueezeArgs& a, int64_t begin, int64_t end) {
   TileBuffers buffers;
@@ -257,6 +176,12 @@ void squeeze_tiles_w16(const AudioSqueezeArgs& a, int64_t begin, int64_t end) {
   for (int64_t unit = begin; unit < end; ++unit) squeeze_tile<16>(a, unit, buffers);
 }
 #endif
+
+// The 16-lane code for the baseline ISA: AVFUSED_CPU_PORTABLE_WIDE=1 (tests on CPUs without AVX-512).
+void squeeze_tiles_w16_portable(const AudioSqueezeArgs& a, int64_t begin, int64_t end) {
+  TileBuffers buffers;
+  for (int64_t unit = begin; unit < end; ++unit) squeeze_tile<16>(a, unit, buffers);
+}
 
 // adaptive average pooling of each clip's signal (B, L) into (B, M): value j averages
 // [floor(j L / M), ceil((j + 1) L / M)), as torch's adaptive_avg_pool1d
@@ -291,27 +216,14 @@ void check_cpu_inputs(const char* op, const at::Tensor& audio, const at::Tensor&
               "positive, got ", frames, " and ", token_dim);
 }
 
-// The C -> C weight as the hidden kernels read it, (C_out, C_in K1) zero-padded to whole blocks of G output
-// channels, then (blocks, C_in K1, G); and the bias padded alike.
-std::pair<at::Tensor, at::Tensor> packed_taps(const at::Tensor& weight, const at::Tensor& bias, bool wide) {
-  const int64_t channels = weight.size(0), k1 = weight.size(2);
-  const int64_t group = wide ? HiddenGeometry<16>::G : HiddenGeometry<8>::G;
-  const int64_t padded = round_up(channels, group);
-  at::Tensor taps = at::zeros({padded, channels * k1}, weight.options());
-  taps.narrow(0, 0, channels).copy_(weight.reshape({channels, channels * k1}));
-  taps = taps.reshape({padded / group, group, channels * k1}).permute({0, 2, 1}).contiguous();
-  at::Tensor bias_p = at::zeros({padded}, bias.options());
-  bias_p.narrow(0, 0, channels).copy_(bias);
-  return {taps, bias_p};
-}
-
 at::Tensor audio_squeeze_tokens_cpu(const at::Tensor& audio, const at::Tensor& weight, const at::Tensor& bias,
                                     const at::Tensor& to_one, const at::Tensor& to_one_bias, int64_t frames,
                                     int64_t token_dim) {
   check_cpu_inputs("audio_squeeze_tokens", audio, weight, bias, to_one, to_one_bias, frames, token_dim);
   const int64_t clips = audio.size(0), channels = audio.size(1), length = audio.size(2);
-  const bool wide = simd::use_wide_vectors();
-  const auto [taps, bias_p] = packed_taps(weight, bias, wide);
+  const Lanes isa = image_kernel_lanes();
+  const bool wide = isa != Lanes::k8;
+  const auto [taps, bias_p] = dense_conv1d::packed_taps(weight, bias, wide);
   const at::Tensor audio_c = audio.contiguous(), to_one_c = to_one.contiguous();
   at::Tensor signal = at::empty({clips, length}, audio.options());
   const int64_t tiles = (length + kTile - 1) / kTile;
@@ -320,8 +232,9 @@ at::Tensor audio_squeeze_tokens_cpu(const at::Tensor& audio, const at::Tensor& w
                               channels, length, weight.size(2), to_one.size(2), tiles};
   at::parallel_for(0, clips * tiles, 1, [&](int64_t begin, int64_t end) {
 #if AVFUSED_X86_DISPATCH
-    if (wide) return squeeze_tiles_w16(args, begin, end);
+    if (isa == Lanes::k16) return squeeze_tiles_w16(args, begin, end);
 #endif
+    if (isa == Lanes::k16Portable) return squeeze_tiles_w16_portable(args, begin, end);
     squeeze_tiles_w8(args, begin, end);
   });
   at::Tensor tokens = at::empty({clips, frames, token_dim}, audio.options());
@@ -339,8 +252,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> audio_squ
   check_image_op_tensor(op, "grad", grad, {clips, frames, token_dim});
   const at::Tensor grad_c = grad.contiguous(), audio_c = audio.contiguous(), weight_c = weight.contiguous();
   const at::Tensor to_one_c = to_one.contiguous();
-  const bool wide = simd::use_wide_vectors();
-  const auto [taps, bias_p] = packed_taps(weight, bias, wide);
+  const Lanes isa = image_kernel_lanes();
+  const bool wide = isa != Lanes::k8;
+  const auto [taps, bias_p] = dense_conv1d::packed_taps(weight, bias, wide);
   // the pooling's transpose: each token value spread evenly over its window (windows may overlap)
   const int64_t border = k1 / 2 + k2 / 2, row = round_up(length, kTile) + 2 * border + 32;  // + vectors' overreach
   std::vector<float> grad_signals(clips * row, 0.f);
@@ -366,8 +280,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> audio_squ
   GradientSums sums(layout.size);
   at::parallel_for(0, clips * tiles, 1, [&](int64_t begin, int64_t end) {
 #if AVFUSED_X86_DISPATCH
-    if (wide) return squeeze_backward_tiles_w16(args, backward, begin, end, sums, layout);
+    if (isa == Lanes::k16) return squeeze_backward_tiles_w16(args, backward, begin, end, sums, layout);
 #endif
+    if (isa == Lanes::k16Portable) return squeeze_backward_tiles_w16_portable(args, backward, begin, end, sums, layout);
     squeeze_backward_tiles_w8(args, backward, begin, end, sums, layout);
   });
   const at::TensorOptions options = audio_c.options();

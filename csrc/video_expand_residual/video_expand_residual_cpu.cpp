@@ -153,6 +153,13 @@ void expand_backward_images_w16(const ExpandArgs& a, int64_t begin, int64_t end,
 }
 #endif
 
+// The 16-lane code for the baseline ISA: AVFUSED_CPU_PORTABLE_WIDE=1 (tests on CPUs without AVX-512).
+void expand_backward_images_w16_portable(const ExpandArgs& a, int64_t begin, int64_t end, GradientSums& sums,
+                                         const ExpandGradientLayout& layout) {
+  double* mine = sums.mine();
+  for (int64_t n = begin; n < end; ++n) expand_backward_image<16>(a, n, mine, layout);
+}
+
 AVFUSED_TARGET_CLONES
 void expand_images_w8(const ExpandArgs& a, int64_t begin, int64_t end) {
   for (int64_t n = begin; n < end; ++n) expand_image<8>(a, n);
@@ -164,6 +171,11 @@ void expand_images_w16(const ExpandArgs& a, int64_t begin, int64_t end) {
   for (int64_t n = begin; n < end; ++n) expand_image<16>(a, n);
 }
 #endif
+
+// The 16-lane code for the baseline ISA: AVFUSED_CPU_PORTABLE_WIDE=1 (tests on CPUs without AVX-512).
+void expand_images_w16_portable(const ExpandArgs& a, int64_t begin, int64_t end) {
+  for (int64_t n = begin; n < end; ++n) expand_image<16>(a, n);
+}
 
 struct ExpandInputs {
   at::Tensor video, tokens, weight, bias, scale;
@@ -203,11 +215,12 @@ at::Tensor video_expand_residual_cpu(const at::Tensor& video, const at::Tensor& 
   const std::vector<int64_t>& sizes = in.sizes;
   at::Tensor out = at::empty_like(in.video);
   const ExpandArgs args = make_args(in, out, window);
-  const bool wide = simd::use_wide_vectors();
+  const Lanes isa = image_kernel_lanes();
   at::parallel_for(0, sizes[0], 1, [&](int64_t begin, int64_t end) {
 #if AVFUSED_X86_DISPATCH
-    if (wide) return expand_images_w16(args, begin, end);
+    if (isa == Lanes::k16) return expand_images_w16(args, begin, end);
 #endif
+    if (isa == Lanes::k16Portable) return expand_images_w16_portable(args, begin, end);
     expand_images_w8(args, begin, end);
   });
   return out;
@@ -229,11 +242,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> video_exp
   args.grad_tokens = grad_tokens.data_ptr<float>();
   const ExpandGradientLayout layout(channels);
   GradientSums sums(layout.size);
-  const bool wide = simd::use_wide_vectors();
+  const Lanes isa = image_kernel_lanes();
   at::parallel_for(0, in.sizes[0], 1, [&](int64_t begin, int64_t end) {
 #if AVFUSED_X86_DISPATCH
-    if (wide) return expand_backward_images_w16(args, begin, end, sums, layout);
+    if (isa == Lanes::k16) return expand_backward_images_w16(args, begin, end, sums, layout);
 #endif
+    if (isa == Lanes::k16Portable) return expand_backward_images_w16_portable(args, begin, end, sums, layout);
     expand_backward_images_w8(args, begin, end, sums, layout);
   });
   const at::TensorOptions options = in.video.options();

@@ -22,6 +22,7 @@ from tests.helpers import (
     check_trainable_ext,
     check_wrapper_trains_through_cpp,
     opcheck_trainable,
+    set_cpu_lanes,
 )
 
 NAMES = ("audio", "tokens", "weight", "bias", "scale")
@@ -49,12 +50,11 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("lanes", ["best-isa", "8-lane", "16-lane"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_matches_float64(target, shape, narrow, monkeypatch):
-    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
-        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+def test_matches_float64(target, shape, lanes, monkeypatch):
+    set_cpu_lanes(lanes, monkeypatch)
     check_trainable_ext(audio_expand_residual, make_inputs(*shape), (), NAMES)
 
 

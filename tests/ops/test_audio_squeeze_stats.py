@@ -14,7 +14,7 @@ from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import audio_squeeze_stats, audio_squeeze_tokens
 from avfused.testing import assert_matches_reference, check_against_reference, leaves, relative_error
-from tests.helpers import EXT_CPU, EXT_CUDA, check_wrapper_trains_through_cpp, opcheck_trainable
+from tests.helpers import EXT_CPU, EXT_CUDA, check_wrapper_trains_through_cpp, opcheck_trainable, set_cpu_lanes
 
 NAMES = ("audio", "weight", "bias")
 
@@ -48,9 +48,11 @@ def check_stats(inputs, views=lambda *tensors: tensors):
 SHAPES = [(1, 5, 301, 3), (3, 8, 1100, 3), (1, 3, 7, 5), (3, 9, 45, 3), (3, 2, 1, 3), (1, 16, 700, 3)]
 
 
+@pytest.mark.parametrize("lanes", ["best-isa", "8-lane", "16-lane"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_matches_float64(target, shape):
+def test_matches_float64(target, shape, lanes, monkeypatch):
+    set_cpu_lanes(lanes, monkeypatch)
     check_stats(make_inputs(*shape))
 
 
