@@ -14,6 +14,7 @@ N = batch*frames images, H x W pixels, L tokens, D = 49 token values):
     video_squeeze_tokens(video (N, C, H, W), w_dw (C, 1, 3, 3), b_dw, w (1, C), b (1,), T, window) -> (B, L_v, D)
     video_squeeze_stats(video (N, C, H, W), w_dw (C, 1, 3, 3), b_dw (C,))  -> (mean (C,), var (C,))
     audio_squeeze_tokens(audio (B, C, L), w (C, C, K1), b, w_one (1, C, K2), b_one (1,), T, D) -> (B, T, D)
+    audio_squeeze_stats(audio (B, C, L), w (C, C, K), b (C,))  -> (mean (C,), var (C,))
     video_expand_residual(video (N, C, H, W), tokens (B, L_v, D), w (C, 1, 3, 3), b, scale, window) -> (N, C, H, W)
     audio_expand_residual(audio (B, C, L), tokens (B, T, D), w (C, 1, K), b, scale) -> (B, C, L)
 """
@@ -267,6 +268,15 @@ def audio_squeeze_tokens(
     hidden = F.relu(F.conv1d(audio, weight, bias, padding=weight.shape[-1] // 2))
     signal = F.conv1d(hidden, to_one, to_one_bias, padding=to_one.shape[-1] // 2)
     return audio_to_tokens(signal[:, 0], frames, token_dim)
+
+
+def audio_squeeze_stats(audio: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """The batch statistics the SAAVM's audio batch norm takes in training: the per-channel mean and biased
+    variance over (B, L) of z = Conv1d(C -> C, K, 'same')(audio) + bias. audio (B, C, L), weight (C, C, K),
+    bias (C,) -> (mean (C,), var (C,))."""
+    z = F.conv1d(audio, weight, bias, padding=weight.shape[-1] // 2)
+    var, mean = torch.var_mean(z, dim=(0, 2), unbiased=False)
+    return mean, var
 
 
 def video_expand_residual(

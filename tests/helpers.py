@@ -152,3 +152,62 @@ def float64_reference(reference_fn: Callable, inputs: list[torch.Tensor], grad: 
 
     out, grads = forward_and_grads(reference_fn, leaves(inputs, torch.float64), grad, **kwargs)
     return out, list(grads)
+
+
+# ---------------------------------------------------------------------------------------------
+# extension ops with a C++ CPU backward (the SAAVM's token building and scatter-back): shared checks
+# ---------------------------------------------------------------------------------------------
+def set_cpu_lanes(lanes: str, monkeypatch) -> None:
+    """The C++ kernels' lane width for this test: 'best-isa' (the CPU's), '8-lane' (the AVX2 / baseline code,
+    also on AVX-512 machines) or '16-lane' (the 16-lane code; built for the baseline ISA where the CPU lacks
+    AVX-512)."""
+    if lanes == "8-lane":
+        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+    if lanes == "16-lane":
+        monkeypatch.setenv("AVFUSED_CPU_PORTABLE_WIDE", "1")
+
+
+def check_trainable_ext(module: ModuleType, inputs: list[torch.Tensor], scalars: tuple = (),
+                        names: tuple[str, ...] = (), views: Callable | None = None) -> None:
+    """The wrapper ``module.ext`` (the C++ forward and backward ops), forward and the gradient of every tensor
+    input, against the float64 reference; ``views`` (optional) turns the leaves into the tensors both are
+    called on (non-contiguous views), so that the gradients flow back through them."""
+    from avfused import reference
+    from avfused.testing import check_against_reference
+
+    reference_fn = getattr(reference, module.OP)
+    views = views or (lambda *tensors: tensors)
+    check_against_reference(lambda *t: module.ext(*views(*t), *scalars),
+                            lambda *t: reference_fn(*views(*t), *scalars), inputs,
+                            names or tuple(f"input {i}" for i in range(len(inputs))))
+
+
+def check_wrapper_trains_through_cpp(module: ModuleType, inputs: list[torch.Tensor], scalars: tuple,
+                                     monkeypatch) -> None:
+    """A call that autograd records runs the C++ forward, and its backward the C++ backward op."""
+    calls = []
+    ops = torch.ops.avfused_ext
+    for name in (module.OP, f"{module.OP}_backward"):
+        raw = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *args, raw=raw, name=name: calls.append(name) or raw(*args),
+                            raising=False)
+    inputs = [t.detach().requires_grad_() for t in inputs]
+    out = module.ext(*inputs, *scalars)
+    assert calls == [module.OP]
+    outputs = out if isinstance(out, tuple) else (out,)
+    torch.autograd.backward(outputs, [torch.randn_like(o) for o in outputs])
+    assert calls == [module.OP, f"{module.OP}_backward"]
+    assert all(t.grad is not None for t in inputs)
+
+
+def opcheck_trainable(module: ModuleType, inputs: list[torch.Tensor], scalars: tuple = (),
+                      backward_extra: Callable = lambda out: []) -> None:
+    """Schema, fake, autograd registration and AOT tracing of ``avfused_ext::<op>`` and of its backward op
+    (called on the output gradients, the op's inputs, then ``backward_extra(output)``)."""
+    ops = torch.ops.avfused_ext
+    torch.library.opcheck(getattr(ops, module.OP).default, [t.requires_grad_() for t in inputs] + list(scalars))
+    inputs = [t.detach() for t in inputs]
+    out = getattr(ops, module.OP)(*inputs, *scalars)
+    grads = [torch.randn_like(o) for o in (out if isinstance(out, tuple) else (out,))]
+    backward_args = [*grads, *inputs, *scalars, *backward_extra(out)]
+    torch.library.opcheck(getattr(ops, f"{module.OP}_backward").default, backward_args)

@@ -154,6 +154,43 @@ def register_forward_only_ext(op: str, fake) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# extension ops with a C++ CPU backward (the SAAVM's token building and scatter-back, which also train)
+# ---------------------------------------------------------------------------------------------
+def trainable_ext(op: str, tensors: tuple[Tensor, ...], *scalars: object) -> Tensor:
+    """Run ``avfused_ext::<op>`` on float32 copies of ``tensors`` and ``scalars``, cast back to the first tensor's
+    dtype; autograd records it (its backward is the C++ op ``avfused_ext::<op>_backward``). CUDA tensors run
+    ``reference.<op>``."""
+    if tensors[0].device.type == "cuda":
+        return reference_on_gpu(op)(*tensors, *scalars)
+    out = getattr(torch.ops.avfused_ext, op)(*(t.float() for t in tensors), *scalars)
+    return out.to(tensors[0].dtype)
+
+
+def register_trainable_ext(op: str, fake) -> None:
+    """The fakes of ``avfused_ext::<op>`` and ``avfused_ext::<op>_backward`` (grad_outputs..., the op's inputs ->
+    one gradient per tensor input) and the op's autograd through the backward op; scalar inputs get None."""
+    torch.library.register_fake(f"avfused_ext::{op}")(fake)
+    outputs = len(getattr(torch.ops.avfused_ext, op).default._schema.returns)
+
+    def backward_fake(*args):  # args: the output gradients, then the op's inputs
+        return tuple(t.new_empty(t.shape) for t in args[outputs:] if isinstance(t, torch.Tensor))
+
+    torch.library.register_fake(f"avfused_ext::{op}_backward")(backward_fake)
+
+    def setup_context(ctx, inputs, output):
+        ctx.count = sum(isinstance(value, torch.Tensor) for value in inputs)
+        ctx.scalars = inputs[ctx.count :]
+        ctx.save_for_backward(*inputs[: ctx.count])
+
+    def backward(ctx, *grads):
+        backward_op = getattr(torch.ops.avfused_ext, f"{op}_backward")  # looked up per call: tests may wrap it
+        grads = tuple(grad.contiguous() for grad in grads[:outputs])
+        return (*backward_op(*grads, *ctx.saved_tensors, *ctx.scalars), *([None] * len(ctx.scalars)))
+
+    torch.library.register_autograd(f"avfused_ext::{op}", backward, setup_context=setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
 # autocast: what a raw torch.ops.avfused_*::<op> call does inside torch.autocast
 # ---------------------------------------------------------------------------------------------
 FLOAT32_ONLY = {"cpu": (torch.float32,), "cuda": (torch.float32,)}

@@ -3,12 +3,14 @@
     audio_expand_residual(audio (B, C, L), tokens (B, T, D), weight (C, 1, K), bias (C,), scale (C,))
         -> (B, C, L) = scale * audio + bias + Conv1d(1 -> C, K, 'same')(the tokens interpolated to L)
 
-The same function as ``avfused.reference.audio_expand_residual`` (the folded SAAVM's, avfused.inference).
+The same function as ``avfused.reference.audio_expand_residual`` (the folded SAAVM's, avfused.inference, and the
+training SAAVM's).
 One backend:
 
-* ``ext`` -- the op ``avfused_ext::audio_expand_residual``: a C++ CPU forward for inference
-  (csrc/audio_expand_residual/), one pass over the audio. Where autograd records, and on CUDA tensors, the
-  wrapper runs the reference.
+* ``ext`` -- the op ``avfused_ext::audio_expand_residual`` (csrc/audio_expand_residual/): a C++ CPU forward,
+  one pass over the audio, and its backward ``avfused_ext::audio_expand_residual_backward``, one pass over the
+  output gradient in tiles of positions (the interpolated signals, B L values, computed once; the weight,
+  bias and scale sums per thread in double), so the op trains too. CUDA tensors run the reference.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
-    forward_only_ext,
-    register_forward_only_ext,
+    register_trainable_ext,
+    trainable_ext,
 )
 
 Tensor = torch.Tensor
@@ -51,7 +53,7 @@ def check_inputs(backend: str, audio: Tensor, tokens: Tensor, weight: Tensor, bi
 def ext(audio: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
     """The extension backend of the op; returns audio's dtype (computed in float32)."""
     check_inputs("ext", audio, tokens, weight, bias, scale)
-    return forward_only_ext(OP, (audio, tokens, weight, bias, scale))
+    return trainable_ext(OP, (audio, tokens, weight, bias, scale))
 
 
 def _fake(audio, tokens, weight, bias, scale):
@@ -59,4 +61,4 @@ def _fake(audio, tokens, weight, bias, scale):
 
 
 if EXT_REASONS["cpu"] is None:
-    register_forward_only_ext(OP, _fake)
+    register_trainable_ext(OP, _fake)

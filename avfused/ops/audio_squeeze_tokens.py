@@ -6,9 +6,11 @@
 The same function as ``avfused.reference.audio_squeeze_tokens`` (the folded SAAVM's, avfused.inference: its
 batch norm is in weight and bias). One backend:
 
-* ``ext`` -- the op ``avfused_ext::audio_squeeze_tokens``: a C++ CPU forward for inference
-  (csrc/audio_squeeze_tokens/) that never writes the (B, C, L) hidden layer. Where autograd records, and
-  on CUDA tensors, the wrapper runs the reference.
+* ``ext`` -- the op ``avfused_ext::audio_squeeze_tokens`` (csrc/audio_squeeze_tokens/): a C++ CPU forward
+  that never writes the (B, C, L) hidden layer, and its backward ``avfused_ext::audio_squeeze_tokens_backward``,
+  which recomputes the hidden layer tile by tile (weight sums per thread in double), so the op trains too
+  (in training the batch norm's batch statistics come from ``audio_squeeze_stats`` and are folded into
+  weight and bias first). CUDA tensors run the reference.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
-    forward_only_ext,
-    register_forward_only_ext,
+    register_trainable_ext,
+    trainable_ext,
 )
 
 Tensor = torch.Tensor
@@ -55,7 +57,7 @@ def ext(audio: Tensor, weight: Tensor, bias: Tensor, to_one: Tensor, to_one_bias
         token_dim: int) -> Tensor:
     """The extension backend of the op; returns audio's dtype (computed in float32)."""
     check_inputs("ext", audio, weight, bias, to_one, to_one_bias, frames, token_dim)
-    return forward_only_ext(OP, (audio, weight, bias, to_one, to_one_bias), frames, token_dim)
+    return trainable_ext(OP, (audio, weight, bias, to_one, to_one_bias), frames, token_dim)
 
 
 def _fake(audio, weight, bias, to_one, to_one_bias, frames, token_dim):
@@ -63,4 +65,4 @@ def _fake(audio, weight, bias, to_one, to_one_bias, frames, token_dim):
 
 
 if EXT_REASONS["cpu"] is None:
-    register_forward_only_ext(OP, _fake)
+    register_trainable_ext(OP, _fake)

@@ -4,12 +4,15 @@
                           weight (C, 1, 3, 3), bias (C,), scale (C,), window w) -> (B*T, C, H, W)
         = scale * video + bias + Conv2d(1 -> C, 3x3, 'same')(the tokens laid back as maps)
 
-The same function as ``avfused.reference.video_expand_residual`` (the folded SAAVM's, avfused.inference).
+The same function as ``avfused.reference.video_expand_residual`` (the folded SAAVM's, avfused.inference, and the
+training SAAVM's).
 One backend:
 
-* ``ext`` -- the op ``avfused_ext::video_expand_residual``: a C++ CPU forward for inference
-  (csrc/video_expand_residual/), one pass over the video. Where autograd records, and on CUDA tensors, the
-  wrapper runs the reference.
+* ``ext`` -- the op ``avfused_ext::video_expand_residual`` (csrc/video_expand_residual/): a C++ CPU forward,
+  one pass over the video, and its backward ``avfused_ext::video_expand_residual_backward``, one pass over the
+  output gradient per image (the map laid out again; the weight, bias and scale sums per thread in double),
+  so the op trains too (with scale = ones it is the SAAVM's plain residual, the layer scale folded into
+  weight and bias). CUDA tensors run the reference.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
-    forward_only_ext,
-    register_forward_only_ext,
+    register_trainable_ext,
+    trainable_ext,
 )
 
 Tensor = torch.Tensor
@@ -54,7 +57,7 @@ def check_inputs(backend: str, video: Tensor, tokens: Tensor, weight: Tensor, bi
 def ext(video: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor, window: int) -> Tensor:
     """The extension backend of the op; returns video's dtype (computed in float32)."""
     check_inputs("ext", video, tokens, weight, bias, scale, window)
-    return forward_only_ext(OP, (video, tokens, weight, bias, scale), window)
+    return trainable_ext(OP, (video, tokens, weight, bias, scale), window)
 
 
 def _fake(video, tokens, weight, bias, scale, window):
@@ -62,4 +65,4 @@ def _fake(video, tokens, weight, bias, scale, window):
 
 
 if EXT_REASONS["cpu"] is None:
-    register_forward_only_ext(OP, _fake)
+    register_trainable_ext(OP, _fake)

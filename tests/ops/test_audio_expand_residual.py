@@ -1,24 +1,28 @@
-"""audio_expand_residual, the extension's C++ kernel against the float64 reference.
+"""audio_expand_residual, the extension's C++ kernels (forward and backward) against the float64 reference.
 
-A CPU forward for inference (no Triton or CUDA kernel): its gradients are checked on the raw op
-``avfused_ext::audio_expand_residual``, whose autograd recomputes through the reference.
+The CPU ops ``avfused_ext::audio_expand_residual`` and ``_backward`` (no Triton or CUDA kernel): the wrapper
+runs them in inference and in training, so its forward and every gradient are checked through the wrapper.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
+from avfused.nn.layers import LayerScale
 from avfused.ops import audio_expand_residual
+from avfused.testing import assert_matches_reference, check_against_reference
 from tests.helpers import (
     EXT_CPU,
     EXT_CUDA,
     check_float64_in_float64_out,
-    check_forward_only_ext,
-    check_wrapper_runs_reference_under_autograd,
-    opcheck_forward_only,
+    check_trainable_ext,
+    check_wrapper_trains_through_cpp,
+    opcheck_trainable,
+    set_cpu_lanes,
 )
 
 NAMES = ("audio", "tokens", "weight", "bias", "scale")
@@ -36,7 +40,7 @@ def make_inputs(clips, channels, length, frames, token_dim, kernel=33, device="c
 
 # (clips, channels, length, frames, token_dim, kernel): lengths that are no whole vectors, fewer
 # positions than token values (interpolation down), a signal shorter than the kernel, the model's
-# longest stage-0 signal, one and three clips
+# longest stage-0 signal (several backward tiles), one and three clips
 SHAPES = [
     (1, 5, 301, 3, 49, 33),
     (3, 8, 1100, 2, 49, 33),
@@ -46,23 +50,36 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("lanes", ["best-isa", "8-lane", "16-lane"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_matches_float64(target, shape, narrow, monkeypatch):
-    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
-        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
-    check_forward_only_ext(audio_expand_residual, make_inputs(*shape), (), NAMES)
+def test_matches_float64(target, shape, lanes, monkeypatch):
+    set_cpu_lanes(lanes, monkeypatch)
+    check_trainable_ext(audio_expand_residual, make_inputs(*shape), (), NAMES)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_inference_forward_matches_float64(target):
+    inputs = make_inputs(3, 5, 301, 3, 49)
+    with torch.no_grad():
+        out = audio_expand_residual.ext(*inputs)
+    assert_matches_reference(out, reference.audio_expand_residual(*(t.double() for t in inputs)))
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_non_contiguous_inputs(target):
-    """Audio as a transposed view, and the audio tokens as the model passes them: a slice of all the tokens."""
+    """Audio as a transposed view, and the audio tokens as the model passes them: a slice of all the tokens;
+    the gradients flow back through both views."""
     inputs = make_inputs(2, 4, 130, 3, 49)
-    inputs[0] = torch.randn(2, 130, 4).transpose(1, 2)
-    inputs[1] = torch.cat([torch.randn(2, 5, 49), inputs[1]], dim=1)[:, -3:]
-    assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous()
-    check_forward_only_ext(audio_expand_residual, inputs, (), NAMES)
+    inputs[0] = torch.randn(2, 130, 4)
+    inputs[1] = torch.cat([torch.randn(2, 5, 49), inputs[1]], dim=1)
+
+    def views(audio, tokens, *rest):
+        audio, tokens = audio.transpose(1, 2), tokens[:, -3:]
+        assert not audio.is_contiguous() and not tokens.is_contiguous()
+        return audio, tokens, *rest
+
+    check_trainable_ext(audio_expand_residual, inputs, (), NAMES, views)
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -93,13 +110,13 @@ def test_float64_inputs_give_float64_outputs(target):
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_wrapper_runs_the_reference_where_autograd_records(target, monkeypatch):
-    check_wrapper_runs_reference_under_autograd(audio_expand_residual, make_inputs(1, 3, 80, 2, 7), (), monkeypatch)
+def test_wrapper_trains_through_the_cpp_ops(target, monkeypatch):
+    check_wrapper_trains_through_cpp(audio_expand_residual, make_inputs(1, 3, 80, 2, 7), (), monkeypatch)
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_opcheck(target):
-    opcheck_forward_only(audio_expand_residual, make_inputs(2, 3, 40, 2, 5, 7))
+    opcheck_trainable(audio_expand_residual, make_inputs(2, 3, 40, 2, 5, 7))
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -110,6 +127,8 @@ def test_raw_op_rejects_bad_inputs_with_runtime_errors(target):
         torch.ops.avfused_ext.audio_expand_residual(audio, tokens[:1], weight, bias, scale)
     with pytest.raises(RuntimeError, match="odd"):
         torch.ops.avfused_ext.audio_expand_residual(audio, tokens, weight[..., :4].contiguous(), bias, scale)
+    with pytest.raises(RuntimeError, match="grad"):
+        torch.ops.avfused_ext.audio_expand_residual_backward(audio[:1], audio, tokens, weight, bias, scale)
 
 
 @pytest.mark.parametrize("target", [EXT_CUDA])
@@ -117,3 +136,31 @@ def test_gpu_tensors_run_the_reference(target):
     """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
     inputs = make_inputs(2, 8, 300, 3, 49, device="cuda")
     torch.testing.assert_close(audio_expand_residual.ext(*inputs), reference.audio_expand_residual(*inputs))
+
+
+# ---------------------------------------------------------------------------------------------
+# the SAAVM's audio scatter-back in training: the layer scale folded into the op's weight and bias
+# ---------------------------------------------------------------------------------------------
+def fused_scatter_back(audio, tokens, weight, bias, layer_scale):
+    return audio_expand_residual.ext(audio, tokens, weight * layer_scale[:, None, None], bias * layer_scale,
+                                     torch.ones_like(bias))
+
+
+def module_scatter_back(audio, tokens, weight, bias, layer_scale):
+    """The SAAVM's own layers (avfused/nn/saavm.py): audio + LayerScale(Conv1d(1 -> C, K))(the interpolated tokens)."""
+    channels, kernel = weight.shape[0], weight.shape[-1]
+    expand = nn.Conv1d(1, channels, kernel, padding=kernel // 2).to(audio.dtype)
+    scale = LayerScale(channels).to(audio.dtype)
+    signal = reference.tokens_to_audio(tokens, audio.shape[-1])[:, None]
+    expanded = torch.func.functional_call(expand, {"weight": weight, "bias": bias}, (signal,))
+    return audio + torch.func.functional_call(scale, {"scale": layer_scale}, (expanded,))
+
+
+# (clips, channels, length, frames, token_dim, kernel): T = 10 and several backward tiles, fewer positions than
+# token values, one and three clips
+@pytest.mark.parametrize("shape", [(1, 8, 3000, 10, 49, 33), (3, 5, 30, 2, 49, 33), (3, 4, 301, 3, 16, 7)])
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_layer_scaled_op_matches_the_saavm_layers(target, shape):
+    inputs = make_inputs(*shape)
+    names = ("audio", "tokens", "expand weight", "expand bias", "layer scale")
+    check_against_reference(fused_scatter_back, module_scatter_back, inputs, names)

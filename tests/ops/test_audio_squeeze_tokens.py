@@ -1,7 +1,7 @@
-"""audio_squeeze_tokens, the extension's C++ kernel against the float64 reference.
+"""audio_squeeze_tokens, the extension's C++ kernels (forward and backward) against the float64 reference.
 
-A CPU forward for inference (no Triton or CUDA kernel): its gradients are checked on the raw op
-``avfused_ext::audio_squeeze_tokens``, whose autograd recomputes through the reference.
+The CPU ops ``avfused_ext::audio_squeeze_tokens`` and ``_backward`` (no Triton or CUDA kernel): the wrapper
+runs them in inference and in training, so its forward and every gradient are checked through the wrapper.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ import torch
 from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import audio_squeeze_tokens
+from avfused.testing import assert_matches_reference
 from tests.helpers import (
     EXT_CPU,
     EXT_CUDA,
     check_float64_in_float64_out,
-    check_forward_only_ext,
-    check_wrapper_runs_reference_under_autograd,
-    opcheck_forward_only,
+    check_trainable_ext,
+    check_wrapper_trains_through_cpp,
+    opcheck_trainable,
+    set_cpu_lanes,
 )
 
 NAMES = ("audio", "weight", "bias", "to_one", "to_one_bias")
@@ -35,33 +37,48 @@ def make_inputs(clips, channels, length, kernel=3, to_one_kernel=33, device="cpu
 
 
 # (clips, channels, length, K1, K2, frames, token_dim): lengths that split into no whole tiles or
-# vectors, fewer positions than token values, a signal shorter than the kernel, one and three clips
+# vectors, lengths that are no multiple of T D, fewer positions than token values (overlapping pooling
+# windows), a signal shorter than the kernel, K1 wider than K2, one and three clips
 SHAPES = [
     (1, 5, 301, 3, 33, 3, 49),
     (3, 8, 1100, 3, 33, 2, 49),
     (1, 3, 7, 3, 9, 2, 5),
     (3, 9, 45, 5, 7, 4, 16),
+    (3, 4, 70, 7, 3, 3, 30),
     (1, 16, 700, 3, 33, 10, 49),
 ]
 
 
-@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("lanes", ["best-isa", "8-lane", "16-lane"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_matches_float64(target, shape, narrow, monkeypatch):
-    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
-        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
+def test_matches_float64(target, shape, lanes, monkeypatch):
+    set_cpu_lanes(lanes, monkeypatch)
     *sizes, frames, token_dim = shape
-    check_forward_only_ext(audio_squeeze_tokens, make_inputs(*sizes), (frames, token_dim), NAMES)
+    check_trainable_ext(audio_squeeze_tokens, make_inputs(*sizes), (frames, token_dim), NAMES)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_inference_forward_matches_float64(target):
+    inputs = make_inputs(3, 5, 301)
+    with torch.no_grad():
+        out = audio_squeeze_tokens.ext(*inputs, 3, 49)
+    assert_matches_reference(out, reference.audio_squeeze_tokens(*(t.double() for t in inputs), 3, 49))
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_non_contiguous_inputs(target):
+    """Audio as a transposed view and a weight with its channel axes swapped; gradients flow back through both."""
     inputs = make_inputs(2, 4, 130)
-    inputs[0] = torch.randn(2, 130, 4).transpose(1, 2)
-    inputs[1] = inputs[1].transpose(0, 1).contiguous().transpose(0, 1)
-    assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous()
-    check_forward_only_ext(audio_squeeze_tokens, inputs, (3, 7), NAMES)
+    inputs[0] = torch.randn(2, 130, 4)
+    inputs[1] = inputs[1].transpose(0, 1).contiguous()
+
+    def views(audio, weight, *rest):
+        audio, weight = audio.transpose(1, 2), weight.transpose(0, 1)
+        assert not audio.is_contiguous() and not weight.is_contiguous()
+        return audio, weight, *rest
+
+    check_trainable_ext(audio_squeeze_tokens, inputs, (3, 7), NAMES, views)
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -94,13 +111,13 @@ def test_float64_inputs_give_float64_outputs(target):
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_wrapper_runs_the_reference_where_autograd_records(target, monkeypatch):
-    check_wrapper_runs_reference_under_autograd(audio_squeeze_tokens, make_inputs(1, 3, 80), (2, 7), monkeypatch)
+def test_wrapper_trains_through_the_cpp_ops(target, monkeypatch):
+    check_wrapper_trains_through_cpp(audio_squeeze_tokens, make_inputs(1, 3, 80), (2, 7), monkeypatch)
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_opcheck(target):
-    opcheck_forward_only(audio_squeeze_tokens, make_inputs(2, 3, 40, 3, 7), (2, 5))
+    opcheck_trainable(audio_squeeze_tokens, make_inputs(2, 3, 40, 3, 7), (2, 5))
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -112,6 +129,9 @@ def test_raw_op_rejects_bad_inputs_with_runtime_errors(target):
     with pytest.raises(RuntimeError, match="odd"):
         torch.ops.avfused_ext.audio_squeeze_tokens(audio, weight[..., :2].contiguous(), bias, to_one, to_one_bias,
                                                    2, 7)
+    with pytest.raises(RuntimeError, match="grad"):
+        torch.ops.avfused_ext.audio_squeeze_tokens_backward(torch.randn(1, 2, 6), audio, weight, bias, to_one,
+                                                            to_one_bias, 2, 7)
 
 
 @pytest.mark.parametrize("target", [EXT_CUDA])

@@ -1,24 +1,28 @@
-"""video_expand_residual, the extension's C++ kernel against the float64 reference.
+"""video_expand_residual, the extension's C++ kernels (forward and backward) against the float64 reference.
 
-A CPU forward for inference (no Triton or CUDA kernel): its gradients are checked on the raw op
-``avfused_ext::video_expand_residual``, whose autograd recomputes through the reference.
+The CPU ops ``avfused_ext::video_expand_residual`` and ``_backward`` (no Triton or CUDA kernel): the wrapper
+runs them in inference and in training, so its forward and every gradient are checked through the wrapper.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
+from avfused.nn.layers import LayerScale
 from avfused.ops import video_expand_residual
+from avfused.testing import assert_matches_reference, check_against_reference
 from tests.helpers import (
     EXT_CPU,
     EXT_CUDA,
     check_float64_in_float64_out,
-    check_forward_only_ext,
-    check_wrapper_runs_reference_under_autograd,
-    opcheck_forward_only,
+    check_trainable_ext,
+    check_wrapper_trains_through_cpp,
+    opcheck_trainable,
+    set_cpu_lanes,
 )
 
 NAMES = ("video", "tokens", "weight", "bias", "scale")
@@ -40,23 +44,37 @@ def make_inputs(clips, frames, channels, height, width, window, device="cpu"):
 SHAPES = [(1, 3, 5, 13, 9, 7), (3, 2, 8, 14, 14, 7), (1, 2, 3, 1, 1, 7), (3, 1, 4, 30, 33, 4), (1, 2, 6, 20, 41, 7)]
 
 
-@pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
+@pytest.mark.parametrize("lanes", ["best-isa", "8-lane", "16-lane"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_matches_float64(target, shape, narrow, monkeypatch):
-    if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
-        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
-    check_forward_only_ext(video_expand_residual, make_inputs(*shape), (shape[-1],), NAMES)
+def test_matches_float64(target, shape, lanes, monkeypatch):
+    set_cpu_lanes(lanes, monkeypatch)
+    check_trainable_ext(video_expand_residual, make_inputs(*shape), (shape[-1],), NAMES)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_inference_forward_matches_float64(target):
+    video, tokens, weight, bias, scale = make_inputs(3, 2, 5, 13, 9, 7)
+    with torch.no_grad():
+        out = video_expand_residual.ext(video, tokens, weight, bias, scale, 7)
+    expected = reference.video_expand_residual(*(t.double() for t in (video, tokens, weight, bias, scale)), 7)
+    assert_matches_reference(out, expected)
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_non_contiguous_inputs(target):
-    """Channels-last video, and the video tokens as the model passes them: a slice of all the tokens."""
+    """Channels-last video, and the video tokens as the model passes them: a slice of all the tokens; the
+    gradients flow back through both views."""
     inputs = make_inputs(2, 3, 4, 9, 11, 7)
-    inputs[0] = inputs[0].to(memory_format=torch.channels_last)
-    inputs[1] = torch.cat([inputs[1], torch.randn(2, 3, 49)], dim=1)[:, :-3]
-    assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous()
-    check_forward_only_ext(video_expand_residual, inputs, (7,), NAMES)
+    inputs[0] = inputs[0].permute(0, 2, 3, 1).contiguous()  # (N, H, W, C), seen as channels-last (N, C, H, W)
+    inputs[1] = torch.cat([inputs[1], torch.randn(2, 3, 49)], dim=1)
+
+    def views(video, tokens, *rest):
+        video, tokens = video.permute(0, 3, 1, 2), tokens[:, :-3]
+        assert not video.is_contiguous() and not tokens.is_contiguous()
+        return video, tokens, *rest
+
+    check_trainable_ext(video_expand_residual, inputs, (7,), NAMES, views)
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -85,14 +103,13 @@ def test_float64_inputs_give_float64_outputs(target):
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_wrapper_runs_the_reference_where_autograd_records(target, monkeypatch):
-    check_wrapper_runs_reference_under_autograd(video_expand_residual, make_inputs(1, 2, 3, 9, 10, 7), (7,),
-                                                monkeypatch)
+def test_wrapper_trains_through_the_cpp_ops(target, monkeypatch):
+    check_wrapper_trains_through_cpp(video_expand_residual, make_inputs(1, 2, 3, 9, 10, 7), (7,), monkeypatch)
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_opcheck(target):
-    opcheck_forward_only(video_expand_residual, make_inputs(2, 2, 3, 5, 6, 4), (4,))
+    opcheck_trainable(video_expand_residual, make_inputs(2, 2, 3, 5, 6, 4), (4,))
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -103,6 +120,8 @@ def test_raw_op_rejects_bad_inputs_with_runtime_errors(target):
         torch.ops.avfused_ext.video_expand_residual(video, tokens[:, :-1], weight, bias, scale, 7)
     with pytest.raises(RuntimeError, match="scale"):
         torch.ops.avfused_ext.video_expand_residual(video, tokens, weight, bias, scale[:2], 7)
+    with pytest.raises(RuntimeError, match="grad"):
+        torch.ops.avfused_ext.video_expand_residual_backward(video[:1], video, tokens, weight, bias, scale, 7)
 
 
 @pytest.mark.parametrize("target", [EXT_CUDA])
@@ -110,3 +129,43 @@ def test_gpu_tensors_run_the_reference(target):
     """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
     inputs = make_inputs(2, 3, 8, 14, 14, 7, device="cuda")
     torch.testing.assert_close(video_expand_residual.ext(*inputs, 7), reference.video_expand_residual(*inputs, 7))
+
+
+# ---------------------------------------------------------------------------------------------
+# the SAAVM's video scatter-back in training: the layer scale folded into the op's weight and bias
+# ---------------------------------------------------------------------------------------------
+def fused_scatter_back(video, tokens, weight, bias, layer_scale, window):
+    """video (B, C, T, H, W) + the layer-scaled expansion, through the op on (B*T, C, H, W) with scale = ones."""
+    clips, channels, frames, height, width = video.shape
+    images = video.transpose(1, 2).reshape(clips * frames, channels, height, width)
+    scaled_weight = weight.reshape(channels, 1, 3, 3) * layer_scale[:, None, None, None]
+    out = video_expand_residual.ext(images, tokens, scaled_weight, bias * layer_scale, torch.ones_like(bias), window)
+    return out.reshape(clips, frames, channels, height, width).transpose(1, 2)
+
+
+def module_scatter_back(video, tokens, weight, bias, layer_scale, window):
+    """The SAAVM's own layers (avfused/nn/saavm.py): video + LayerScale(Conv3d(1 -> C, 1x3x3))(the token maps)."""
+    _, channels, frames, height, width = video.shape
+    expand = nn.Conv3d(1, channels, (1, 3, 3), padding=(0, 1, 1)).to(video.dtype)
+    scale = LayerScale(channels).to(video.dtype)
+    maps = reference.tokens_to_video(tokens, frames, height, width, window)[:, None]
+    expanded = torch.func.functional_call(expand, {"weight": weight, "bias": bias}, (maps,))
+    return video + torch.func.functional_call(scale, {"scale": layer_scale}, (expanded,))
+
+
+# (clips, channels, frames, height, width, window): maps the windows do not tile, T = 10, one and three clips
+@pytest.mark.parametrize("shape", [(3, 5, 2, 13, 9, 7), (1, 8, 10, 14, 14, 7), (3, 3, 3, 10, 11, 4)])
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_layer_scaled_op_matches_the_saavm_layers(target, shape):
+    clips, channels, frames, height, width, window = shape
+    windows = frames * -(-height // window) * -(-width // window)
+    inputs = [
+        torch.randn(clips, channels, frames, height, width),
+        torch.randn(clips, windows, window * window),
+        torch.randn(channels, 1, 1, 3, 3) / 3,
+        0.1 * torch.randn(channels),
+        torch.randn(channels),
+    ]
+    names = ("video", "tokens", "expand weight", "expand bias", "layer scale")
+    check_against_reference(lambda *t: fused_scatter_back(*t, window), lambda *t: module_scatter_back(*t, window),
+                            inputs, names)

@@ -1,0 +1,78 @@
+"""``audio_squeeze_stats``: the batch statistics of the SAAVM's audio squeeze convolution (its batch norm's, in
+training).
+
+    audio_squeeze_stats(audio (B, C, L), weight (C, C, K), bias (C,)) -> (mean (C,), var (C,))
+        z = Conv1d(C -> C, K, 'same')(audio) + bias; mean and biased variance of z over (B, L)
+
+The same function as ``avfused.reference.audio_squeeze_stats``. In training the SAAVM folds the batch norm
+with these statistics into the convolution (w' = w g / sqrt(var + eps), b' = (b - mean) g / sqrt(var + eps) +
+beta) and hands w', b' to ``audio_squeeze_tokens``, so that the (B, C, L) z and hidden layer never reach
+memory; gradients flow through the fold into mean and var, and from there back here. One backend:
+
+* ``ext`` -- the op ``avfused_ext::audio_squeeze_stats`` and its backward
+  ``avfused_ext::audio_squeeze_stats_backward(grad_mean, grad_var, audio, weight, bias, mean)``
+  (csrc/audio_squeeze_stats/): z tile by tile from the dense Conv1d tile kernel audio_squeeze_tokens uses
+  (faster than ATen's convolution at these shapes), each tile's moments in double, merged in a fixed order
+  (no float32 E[z^2] - E[z]^2); the backward recomputes z per tile, forms grad_z = grad_mean / M +
+  2 grad_var (z - mean) / M (M = B L) and runs the tile backward on it. z never exists beyond a tile. CUDA
+  tensors run the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from avfused.errors import InputShapeError
+from avfused.ops._common import EXT_REASONS, check_non_empty, check_rank, check_shape, check_tensors, reference_on_gpu
+
+Tensor = torch.Tensor
+OP = "audio_squeeze_stats"
+EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+
+
+def check_inputs(backend: str, audio: Tensor, weight: Tensor, bias: Tensor) -> None:
+    """The op's one validator: named errors before any kernel runs."""
+    check_tensors(OP, backend, audio=audio, weight=weight, bias=bias)
+    check_rank(OP, "audio", audio, 3, "(B, C, L)")
+    check_non_empty(OP, "audio", audio, "(B, C, L)", "clips")
+    channels = audio.shape[1]
+    check_rank(OP, "weight", weight, 3, "(C, C, K)")
+    check_shape(OP, "weight", weight, (channels, channels, None), "(C, C, K)")
+    if weight.shape[-1] % 2 != 1:
+        raise InputShapeError(f"{OP}: the kernel size must be odd ('same' padding), got {weight.shape[-1]}")
+    check_shape(OP, "bias", bias, (channels,), "(C,)")
+
+
+def ext(audio: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """The extension backend of the op; returns audio's dtype (computed in float32, the sums in double)."""
+    check_inputs("ext", audio, weight, bias)
+    if audio.device.type == "cuda":
+        return reference_on_gpu(OP)(audio, weight, bias)
+    mean, var = torch.ops.avfused_ext.audio_squeeze_stats(audio.float(), weight.float(), bias.float())
+    return mean.to(audio.dtype), var.to(audio.dtype)
+
+
+def _register_ext() -> None:
+    """Fakes and autograd of the extension's ops (their schemas and kernels come from csrc/)."""
+
+    @torch.library.register_fake("avfused_ext::audio_squeeze_stats")
+    def _(audio, weight, bias):
+        return audio.new_empty(audio.shape[1]), audio.new_empty(audio.shape[1])
+
+    @torch.library.register_fake("avfused_ext::audio_squeeze_stats_backward")
+    def _(grad_mean, grad_var, audio, weight, bias, mean):
+        return audio.new_empty(audio.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, output[0])
+
+    def backward(ctx, grad_mean, grad_var):
+        audio, weight, bias, mean = ctx.saved_tensors
+        backward_op = torch.ops.avfused_ext.audio_squeeze_stats_backward  # looked up per call: tests may wrap it
+        return backward_op(grad_mean.contiguous(), grad_var.contiguous(), audio, weight, bias, mean)
+
+    torch.library.register_autograd("avfused_ext::audio_squeeze_stats", backward, setup_context=setup_context)
+
+
+if EXT_REASONS["cpu"] is None:
+    _register_ext()
