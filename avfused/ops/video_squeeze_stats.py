@@ -9,10 +9,12 @@ batch (s = bn_weight / sqrt(var + eps), dw_weight * s, (dw_bias - mean) * s + bn
 through that composition is batch norm's training gradient. One backend:
 
 * ``ext`` -- the op ``avfused_ext::video_squeeze_stats`` and its backward op
-  ``avfused_ext::video_squeeze_stats_backward`` (csrc/video_squeeze_stats/): C++ CPU kernels that recompute
-  z one channel plane at a time, in both passes (float32 z, the statistics and weight gradients summed in
-  double; the variance from each plane's deviations around its own mean, so no cancellation when |mean| is
-  far above the spread). CUDA tensors run the reference.
+  ``avfused_ext::video_squeeze_stats_backward`` (csrc/video_squeeze_stats/), which recompute z in both
+  passes, never storing it: the variance comes from each plane's deviations around its own mean, the planes
+  combined in double, so no cancellation when |mean| is far above the spread. CPU: C++ one channel plane at
+  a time (float32 z, statistics and weight gradients summed in double); CUDA: one block per plane for the
+  statistics, one thread per pixel for the backward (float32, float16 and bfloat16 video, float32 weights and
+  accumulation, float32 statistics).
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
-    reference_on_gpu,
 )
 
 Tensor = torch.Tensor
 OP = "video_squeeze_stats"
-EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
+EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for video
 
 
 def check_inputs(backend: str, video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> None:
@@ -47,9 +49,9 @@ def ext(video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> tuple[Tensor, Tens
     """The extension backend of the op; returns (mean, var) in video's dtype (computed in float32, summed in
     double)."""
     check_inputs("ext", video, dw_weight, dw_bias)
-    if video.device.type == "cuda":
-        return reference_on_gpu(OP)(video, dw_weight, dw_bias)
-    mean, var = torch.ops.avfused_ext.video_squeeze_stats(video.float(), dw_weight.float(), dw_bias.float())
+    cuda = video.device.type == "cuda"
+    activations = video.dtype if cuda and video.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    mean, var = torch.ops.avfused_ext.video_squeeze_stats(video.to(activations), dw_weight.float(), dw_bias.float())
     return mean.to(video.dtype), var.to(video.dtype)
 
 
@@ -57,8 +59,8 @@ def _register_ext() -> None:
     """Fakes and autograd of the extension's ops (their schemas and kernels come from csrc/)."""
 
     @torch.library.register_fake("avfused_ext::video_squeeze_stats")
-    def _(video, dw_weight, dw_bias):
-        return video.new_empty(dw_bias.shape), video.new_empty(dw_bias.shape)
+    def _(video, dw_weight, dw_bias):  # float32, as the weights (whatever the activations' dtype)
+        return dw_bias.new_empty(dw_bias.shape), dw_bias.new_empty(dw_bias.shape)
 
     @torch.library.register_fake("avfused_ext::video_squeeze_stats_backward")
     def _(grad_mean, grad_var, video, dw_weight, dw_bias, mean):

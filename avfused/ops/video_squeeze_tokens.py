@@ -8,10 +8,10 @@ batch norm is in dw_weight and dw_bias; in training the batch norm folds in per 
 ``video_squeeze_stats``). One backend:
 
 * ``ext`` -- the op ``avfused_ext::video_squeeze_tokens`` and its backward op
-  ``avfused_ext::video_squeeze_tokens_backward`` (csrc/video_squeeze_tokens/): C++ CPU kernels, in
-  inference and in training, that write neither the (B*T, C, H, W) hidden layer nor the map; the forward
-  keeps only its inputs for the backward, which recomputes the hidden layer one channel plane at a time.
-  CUDA tensors run the reference.
+  ``avfused_ext::video_squeeze_tokens_backward`` (csrc/video_squeeze_tokens/), in inference and in training;
+  neither writes the (B*T, C, H, W) hidden layer or the map, and the forward keeps only its inputs for the
+  backward, which recomputes the hidden layer. CPU: C++ per image, one channel plane at a time (float32);
+  CUDA: one thread per pixel (float32, float16 and bfloat16 video, float32 weights and accumulation).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
-    reference_on_gpu,
 )
 
 Tensor = torch.Tensor
 OP = "video_squeeze_tokens"
-EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
+EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for video
 
 
 def check_inputs(backend: str, video: Tensor, dw_weight: Tensor, dw_bias: Tensor, weight: Tensor, bias: Tensor,
@@ -54,10 +54,10 @@ def ext(video: Tensor, dw_weight: Tensor, dw_bias: Tensor, weight: Tensor, bias:
         window: int) -> Tensor:
     """The extension backend of the op; returns video's dtype (computed in float32)."""
     check_inputs("ext", video, dw_weight, dw_bias, weight, bias, frames, window)
-    tensors = (video, dw_weight, dw_bias, weight, bias)
-    if video.device.type == "cuda":
-        return reference_on_gpu(OP)(*tensors, frames, window)
-    out = torch.ops.avfused_ext.video_squeeze_tokens(*(t.float() for t in tensors), frames, window)
+    cuda = video.device.type == "cuda"
+    activations = video.dtype if cuda and video.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    weights = (t.float() for t in (dw_weight, dw_bias, weight, bias))
+    out = torch.ops.avfused_ext.video_squeeze_tokens(video.to(activations), *weights, frames, window)
     return out.to(video.dtype)
 
 

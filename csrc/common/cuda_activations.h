@@ -46,6 +46,13 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
+// The sum of v over the 32 lanes of a warp, in lane 0 (every lane must call it).
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;
+}
+
 // launch(T{}) for the element type of `type`: one instantiation of a launcher per activation type.
 template <class Launch>
 cudaError_t dispatch_activation(ActivationType type, Launch&& launch) {

@@ -20,6 +20,15 @@ inline void check_int_range(int64_t value, const char* what, const char* op) {
               " is too large for the CUDA kernel");
 }
 
+// A non-empty (N, C, H, W) batch of CUDA images whose channels and H x W pixels the kernels index with int.
+inline void check_cuda_images(const at::Tensor& images, const char* name, const char* op) {
+  TORCH_CHECK(images.dim() == 4, "avfused_ext.", op, ": ", name, " must be (N, C, H, W), got shape ", images.sizes());
+  TORCH_CHECK(images.numel() > 0, "avfused_ext.", op, ": empty ", name, " ", images.sizes());
+  TORCH_CHECK(images.is_cuda(), "avfused_ext.", op, ": expected CUDA tensors, got ", name, " on ", images.device());
+  check_int_range(images.size(1), "channels", op);
+  check_int_range(images.size(2) * images.size(3), "height x width", op);
+}
+
 // A backward's incoming gradient must match its saved activation in shape, dtype and device.
 inline void check_grad_like(const at::Tensor& grad, const at::Tensor& like, const char* like_name, const char* op) {
   TORCH_CHECK(grad.sizes() == like.sizes() && grad.scalar_type() == like.scalar_type() && grad.device() == like.device(),

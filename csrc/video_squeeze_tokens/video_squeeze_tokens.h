@@ -14,5 +14,28 @@
 // Backward: d_map = the token gradients put back on the map, d_bias = sum d_map, d_weight[c] = <d_map,
 // ReLU(z_c)>, dz_c = weight[c] d_map [z_c > 0], d_dw_bias = sum dz, d_dw_weight = dz (x) video (a
 // correlation), d_video = dw3x3^T(dz). Both passes keep only the inputs and recompute z one channel plane
-// of one image at a time: the (N, C, H, W) hidden layer never reaches memory.
+// of one image at a time (CPU) or per pixel (CUDA): the (N, C, H, W) hidden layer never reaches memory.
 #pragma once
+
+#ifdef CUDART_VERSION  // the CUDA launchers (video_squeeze_tokens_cuda.cu): plain pointers and a stream
+#include "../common/cuda_activations.h"
+
+namespace avfused::cuda {
+
+// tokens (N / T, T R Q, window^2) in video's type: the pixels' slots are written (zero the padding first);
+// weights float32 (dw (C, 9), dw_bias, weight (C,), bias (1,)).
+cudaError_t launch_video_squeeze_tokens_forward(ActivationType type, const void* video, const float* dw,
+                                                const float* dw_bias, const float* weight, const float* bias, void* tokens,
+                                                long long images, int channels, int height, int width, int window,
+                                                cudaStream_t stream);
+
+// grad_video (N, C, H, W) in video's type is written; the float32 gradients d_dw .. d_bias are added to
+// (zero them first).
+cudaError_t launch_video_squeeze_tokens_backward(ActivationType type, const void* grad_tokens, const void* video,
+                                                 const float* dw, const float* dw_bias, const float* weight,
+                                                 void* grad_video, float* d_dw, float* d_dw_bias, float* d_weight,
+                                                 float* d_bias, long long images, int channels, int height, int width,
+                                                 int window, cudaStream_t stream);
+
+}  // namespace avfused::cuda
+#endif

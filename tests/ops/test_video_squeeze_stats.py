@@ -1,8 +1,9 @@
-"""video_squeeze_stats, the extension's C++ kernels against the float64 reference: forward and every gradient;
+"""video_squeeze_stats, the extension's kernels against the float64 reference: forward and every gradient;
 and the SAAVM's video squeeze trained through it and video_squeeze_tokens against the eager modules.
 
 The op ``avfused_ext::video_squeeze_stats`` and its backward op ``avfused_ext::video_squeeze_stats_backward``
-run C++ kernels on the CPU (no Triton or CUDA kernel: CUDA tensors run the reference).
+run C++ kernels on the CPU and CUDA kernels on GPUs (no Triton kernel); the ``ext-cuda`` tests need a GPU
+session.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 from avfused import reference
 from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import video_squeeze_stats, video_squeeze_tokens
-from avfused.testing import assert_matches_reference, check_against_reference, leaves
+from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision, leaves
 from tests.helpers import CPU_LANES, EXT_CPU, EXT_CUDA, use_cpu_lanes
 
 NAMES = ("video", "dw_weight", "dw_bias")
@@ -146,12 +147,46 @@ def test_raw_op_rejects_bad_inputs_with_runtime_errors(target):
         ext_ops.video_squeeze_stats_backward(torch.randn(4), torch.randn(3), video, dw_weight, dw_bias, dw_bias)
 
 
+# GPU shapes: the small model's stage 0 and 3 (batch 2 of 10 frames), odd maps, a map of one pixel, planes of
+# several blocks of pixels
+GPU_SHAPES = [(20, 8, 56, 56), (20, 64, 7, 7), (3, 5, 13, 9), (3, 3, 1, 1), (1, 4, 30, 33)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", GPU_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CUDA])
-def test_gpu_tensors_run_the_reference(target, monkeypatch):
-    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error, in training too."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the fp32 reference against float64
-    inputs = make_inputs(3, 8, 14, 14, device="cuda")
-    check_against_reference(stacked(video_squeeze_stats.ext), stacked(reference.video_squeeze_stats), inputs, NAMES)
+def test_gpu_matches_float64(target, shape, dtype, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # PyTorch's own fp32 / low-precision baselines
+    inputs = make_inputs(*shape, device="cuda")
+    fn, reference_fn = stacked(video_squeeze_stats.ext), stacked(reference.video_squeeze_stats)
+    if dtype == torch.float32:
+        check_against_reference(fn, reference_fn, inputs, NAMES)
+    else:
+        check_low_precision(fn, reference_fn, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_variance_of_a_mean_far_above_the_spread(target):
+    check(make_inputs(20, 3, 17, 19, offset=300.0, device="cuda"))
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_channels_last_and_views(target):
+    inputs = make_inputs(3, 6, 19, 30, device="cuda")
+    inputs[0] = inputs[0].to(memory_format=torch.channels_last)
+    check(inputs)
+    inputs[0] = torch.randn(3, 12, 19, 30, device="cuda")[:, ::2]
+    check(inputs)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_opcheck(target):
+    inputs = [t.requires_grad_() for t in make_inputs(2, 3, 5, 6, device="cuda")]
+    torch.library.opcheck(ext_ops.video_squeeze_stats.default, inputs)
+    inputs = make_inputs(2, 3, 5, 6, device="cuda")
+    mean, _ = ext_ops.video_squeeze_stats(*inputs)
+    grads = [torch.randn(3, device="cuda"), torch.randn(3, device="cuda")]
+    torch.library.opcheck(ext_ops.video_squeeze_stats_backward.default, [*grads, *inputs, mean])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,25 +221,26 @@ def eager_squeeze(video, dw_weight, dw_bias, bn_weight, bn_bias, to_one_weight, 
     return reference.video_to_tokens(out[:, 0], window)
 
 
-def squeeze_inputs(batch, channels, frames, height, width):
+def squeeze_inputs(batch, channels, frames, height, width, device="cpu"):
     return [
-        torch.randn(batch, channels, frames, height, width),
-        torch.randn(channels, 1, 1, 3, 3) / 3,
-        0.5 + 0.1 * torch.randn(channels),  # the batch mean is not zero: the fold must take it out
-        1 + 0.3 * torch.randn(channels),
-        0.1 * torch.randn(channels),
-        torch.randn(1, channels, 1, 1, 1) / channels**0.5,
-        0.1 * torch.randn(1),
+        torch.randn(batch, channels, frames, height, width, device=device),
+        torch.randn(channels, 1, 1, 3, 3, device=device) / 3,
+        0.5 + 0.1 * torch.randn(channels, device=device),  # the batch mean is not zero: the fold must take it out
+        1 + 0.3 * torch.randn(channels, device=device),
+        0.1 * torch.randn(channels, device=device),
+        torch.randn(1, channels, 1, 1, 1, device=device) / channels**0.5,
+        0.1 * torch.randn(1, device=device),
     ]
 
 
 # (batch, channels, frames, height, width): the windows do not tile the map, T != 10, batch 1 and 3
 @pytest.mark.parametrize("shape", [(1, 4, 3, 13, 9), (3, 5, 2, 8, 15)])
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_fused_training_squeeze_matches_the_eager_modules_in_float64(target, shape):
-    """Batch norm on batch statistics: forward and every gradient of the fused composition (float32, the C++
-    ops) against nn.Conv3d + nn.BatchNorm3d + ReLU + nn.Conv3d in train mode and video_to_tokens, in float64."""
-    inputs = squeeze_inputs(*shape)
+    """Batch norm on batch statistics: forward and every gradient of the fused composition (float32, the
+    extension's ops) against nn.Conv3d + nn.BatchNorm3d + ReLU + nn.Conv3d in train mode and video_to_tokens,
+    in float64."""
+    inputs = squeeze_inputs(*shape, device=target.device)
     expected_inputs = leaves(inputs, torch.float64)
     expected = eager_squeeze(*expected_inputs, 7)
     grad = torch.randn_like(expected)

@@ -1,9 +1,9 @@
-"""video_squeeze_tokens, the extension's C++ kernels against the float64 reference: forward and every gradient.
+"""video_squeeze_tokens, the extension's kernels against the float64 reference: forward and every gradient.
 
 The op ``avfused_ext::video_squeeze_tokens`` and its backward op ``avfused_ext::video_squeeze_tokens_backward``
-run C++ kernels on the CPU, in inference and in training (no Triton or CUDA kernel: CUDA tensors run the
-reference). The training composition with ``video_squeeze_stats`` (batch norm on batch statistics) is
-checked in tests/ops/test_video_squeeze_stats.py.
+run C++ kernels on the CPU and CUDA kernels on GPUs, in inference and in training (no Triton kernel); the
+``ext-cuda`` tests need a GPU session. The training composition with ``video_squeeze_stats`` (batch norm on
+batch statistics) is checked in tests/ops/test_video_squeeze_stats.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import video_squeeze_tokens
-from avfused.testing import assert_matches_reference, check_against_reference
+from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
 from tests.helpers import (
     CPU_LANES,
     EXT_CPU,
@@ -161,12 +161,62 @@ def test_raw_op_rejects_bad_inputs_with_runtime_errors(target):
                                               2, 7)
 
 
+# GPU shapes: the small model's stage 0 and 3 (batch 2 of 10 frames), odd maps the windows do not tile, a map
+# of one pixel, one and three clips
+GPU_SHAPES = [(2, 10, 8, 56, 56, 7), (2, 10, 64, 7, 7, 7), (1, 3, 5, 13, 9, 7), (1, 2, 3, 1, 1, 7),
+              (3, 1, 4, 30, 33, 4)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", GPU_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CUDA])
-def test_gpu_tensors_run_the_reference(target, monkeypatch):
-    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error, in training too."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the fp32 reference against float64
-    inputs = make_inputs(2, 3, 8, 14, 14, device="cuda")
-    expected = reference.video_squeeze_tokens(*inputs, 3, 7)
-    torch.testing.assert_close(video_squeeze_tokens.ext(*inputs, 3, 7), expected)
-    check_against_reference(lambda *t: video_squeeze_tokens.ext(*t, 3, 7),
-                            lambda *t: reference.video_squeeze_tokens(*t, 3, 7), inputs, NAMES)
+def test_gpu_matches_float64(target, shape, dtype, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # PyTorch's own fp32 / low-precision baselines
+    *sizes, window = shape
+    inputs = make_inputs(*sizes, device="cuda")
+    frames = sizes[1]
+
+    def fn(*t):
+        return video_squeeze_tokens.ext(*t, frames, window)
+
+    def reference_fn(*t):
+        return reference.video_squeeze_tokens(*t, frames, window)
+
+    if dtype == torch.float32:
+        check_against_reference(fn, reference_fn, inputs, NAMES)
+    else:
+        check_low_precision(fn, reference_fn, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_channels_last_and_views(target):
+    inputs = make_inputs(2, 3, 6, 19, 30, device="cuda")
+    inputs[0] = inputs[0].to(memory_format=torch.channels_last)
+    check(inputs, 3, 7)
+    inputs[0] = torch.randn(6, 12, 19, 30, device="cuda")[:, ::2]
+    check(inputs, 3, 7)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_trains_through_its_own_kernels(target, monkeypatch):
+    inputs = make_inputs(2, 3, 4, 9, 10, device="cuda")
+    want = reference.video_squeeze_tokens(*(t.double() for t in inputs), 3, 7)
+
+    def refuse(*args):
+        raise AssertionError("the reference ran")
+
+    monkeypatch.setattr(reference, "video_squeeze_tokens", refuse)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = video_squeeze_tokens.ext(*leaves, 3, 7)
+    out.square().sum().backward()
+    assert_matches_reference(out, want)
+    assert all(leaf.grad is not None for leaf in leaves)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_opcheck(target):
+    inputs = make_inputs(2, 2, 3, 5, 6, device="cuda")
+    torch.library.opcheck(ext_ops.video_squeeze_tokens.default, [t.requires_grad_() for t in inputs] + [2, 4])
+    inputs = make_inputs(2, 2, 3, 5, 6, device="cuda")
+    grad = torch.randn(2, 2 * 2 * 2, 16, device="cuda")
+    torch.library.opcheck(ext_ops.video_squeeze_tokens_backward.default, [grad, *inputs, 2, 4])
