@@ -53,8 +53,10 @@ _AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cuda",)}
 # batch 4: front end 4.9x, large-kernel attention 10x, conv MLP 8.6x), the reference for the rest (the
 # token attention's C++ backward recomputes through ATen: 0.9x; benchmarks/results/ops).
 _AUTO_ORDER_TRAINING = {"cuda": ("cuda", "triton"), "cpu": ()}
+# The SAAVM's squeeze and spread-back ops (LAYER_OPS) together: its forward + backward 1.5x (demo stage 0)
+# and 2.8x (small model stage 0) its torch layers'.
 _AUTO_ORDER_TRAINING_BY_OP = {
-    "cpu": {op: ("cuda",) for op in ("audio_frontend_stem", "large_kernel_attention", "conv_mlp")},
+    "cpu": {op: ("cuda",) for op in ("audio_frontend_stem", "large_kernel_attention", "conv_mlp", *LAYER_OPS)},
 }
 _logged: set[tuple] = set()
 # (backend, device type) -> reason, computed once: later calls (and torch.compile's tracing) read a dict
