@@ -4,15 +4,18 @@
                           weight (C, 1, 3, 3), bias (C,), scale (C,), window w) -> (B*T, C, H, W)
         = scale * video + bias + Conv2d(1 -> C, 3x3, 'same')(the tokens laid back as maps)
 
-The same function as ``avfused.reference.video_expand_residual`` (the folded SAAVM's, avfused.inference, and the
-training SAAVM's).
+The same function as ``avfused.reference.video_expand_residual`` (the folded SAAVM's, avfused.inference, and
+the training SAAVM's: with scale = ones it is the plain residual, the layer scale folded into weight and bias).
 One backend:
 
-* ``ext`` -- the op ``avfused_ext::video_expand_residual`` (csrc/video_expand_residual/): a C++ CPU forward,
-  one pass over the video, and its backward ``avfused_ext::video_expand_residual_backward``, one pass over the
-  output gradient per image (the map laid out again; the weight, bias and scale sums per thread in double),
-  so the op trains too (with scale = ones it is the SAAVM's plain residual, the layer scale folded into
-  weight and bias). CUDA tensors run the reference.
+* ``ext`` -- the op ``avfused_ext::video_expand_residual`` and its backward
+  ``avfused_ext::video_expand_residual_backward`` (csrc/video_expand_residual/), so the op trains too. CPU:
+  C++, the forward one pass over the video, the backward one pass over the output gradient per image (the
+  map laid out again; the weight, bias and scale sums per thread in double). CUDA: the forward one thread
+  per output, the backward one pass over the gradient per channel for grad_video and the sums (float32,
+  added with atomics) and one thread per token value for the token gradient; the map is read straight from
+  the tokens. float32, float16 and bfloat16 activations (video, tokens and grad in video's dtype), float32
+  weights and accumulation.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from avfused.ops._common import (
     check_shape,
     check_tensors,
     register_trainable_ext,
-    trainable_ext,
 )
 
 Tensor = torch.Tensor
 OP = "video_expand_residual"
-EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+# where avfused.backends sends the op to the extension: the CUDA kernels (run by ext on CUDA tensors) join once
+# their GPU tests (tests/ops/test_video_expand_residual.py, marked gpu) have passed on a GPU; until then models
+# on GPUs keep the reference
+EXT_DEVICES = ("cpu",)
+EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own activation dtypes
 
 
 def check_inputs(backend: str, video: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor,
@@ -57,7 +63,11 @@ def check_inputs(backend: str, video: Tensor, tokens: Tensor, weight: Tensor, bi
 def ext(video: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor, window: int) -> Tensor:
     """The extension backend of the op; returns video's dtype (computed in float32)."""
     check_inputs("ext", video, tokens, weight, bias, scale, window)
-    return trainable_ext(OP, (video, tokens, weight, bias, scale), window)
+    cuda = video.device.type == "cuda"
+    activations = video.dtype if cuda and video.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    out = torch.ops.avfused_ext.video_expand_residual(video.to(activations), tokens.to(activations), weight.float(),
+                                                      bias.float(), scale.float(), window)
+    return out.to(video.dtype)
 
 
 def _fake(video, tokens, weight, bias, scale, window):

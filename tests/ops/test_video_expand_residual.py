@@ -1,7 +1,8 @@
-"""video_expand_residual, the extension's C++ kernels (forward and backward) against the float64 reference.
+"""video_expand_residual, the extension's kernels (forward and backward) against the float64 reference.
 
-The CPU ops ``avfused_ext::video_expand_residual`` and ``_backward`` (no Triton or CUDA kernel): the wrapper
-runs them in inference and in training, so its forward and every gradient are checked through the wrapper.
+The ops ``avfused_ext::video_expand_residual`` and ``_backward`` (C++ on the CPU, CUDA kernels on GPUs; no
+Triton kernel): the wrapper runs them in inference and in training, so its forward and every gradient are
+checked through the wrapper. The ``ext-cuda`` tests need a GPU session.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.nn.layers import LayerScale
 from avfused.ops import video_expand_residual
-from avfused.testing import assert_matches_reference, check_against_reference
+from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
 from tests.helpers import (
     EXT_CPU,
     EXT_CUDA,
@@ -124,11 +125,53 @@ def test_raw_op_rejects_bad_inputs_with_runtime_errors(target):
         torch.ops.avfused_ext.video_expand_residual_backward(video[:1], video, tokens, weight, bias, scale, 7)
 
 
+# (clips, frames, channels, height, width, window): the small model's stage 0 (T = 10, 56 x 56), maps the
+# windows do not tile, a map smaller than a window, one clip
+GPU_SHAPES = [(2, 10, 8, 56, 56, 7), (3, 2, 5, 13, 9, 7), (1, 2, 3, 1, 1, 7), (3, 1, 16, 30, 33, 4)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", GPU_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CUDA])
-def test_gpu_tensors_run_the_reference(target):
-    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
-    inputs = make_inputs(2, 3, 8, 14, 14, 7, device="cuda")
-    torch.testing.assert_close(video_expand_residual.ext(*inputs, 7), reference.video_expand_residual(*inputs, 7))
+def test_gpu_matches_float64(target, shape, dtype):
+    """The CUDA kernels, forward and every gradient: fp32 within 1e-4 of float64, bf16 / fp16 within twice
+    PyTorch's own error in that dtype."""
+    inputs = make_inputs(*shape, device="cuda")
+    window = shape[-1]
+
+    def fn(*t):
+        return video_expand_residual.ext(*t, window)
+
+    def reference_fn(*t):
+        return reference.video_expand_residual(*t, window)
+
+    if dtype == torch.float32:
+        check_against_reference(fn, reference_fn, inputs, NAMES)
+    else:
+        check_low_precision(fn, reference_fn, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_non_contiguous_inputs(target):
+    inputs = make_inputs(2, 3, 4, 9, 11, 7, device="cuda")
+    inputs[0] = inputs[0].to(memory_format=torch.channels_last)
+    inputs[1] = torch.cat([inputs[1], torch.randn(2, 3, 49, device="cuda")], dim=1)
+
+    def views(video, tokens, *rest):
+        return video, tokens[:, :-3], *rest
+
+    check_trainable_ext(video_expand_residual, inputs, (7,), NAMES, views)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_wrapper_trains_through_the_cuda_kernels(target, monkeypatch):
+    check_wrapper_trains_through_cpp(video_expand_residual, make_inputs(1, 2, 3, 9, 10, 7, device="cuda"), (7,),
+                                     monkeypatch)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_opcheck(target):
+    opcheck_trainable(video_expand_residual, make_inputs(2, 2, 3, 5, 6, 4, device="cuda"), (4,))
 
 
 # ---------------------------------------------------------------------------------------------
