@@ -175,3 +175,8 @@ def token_slot(image, row, col, R, Q, WINDOW: tl.constexpr):
 def sum_partials(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The programs' fp32 partial sums (programs, ...) summed in float64, in ``dtype``."""
     return partials.double().sum(dim=0).to(dtype)
+
+
+def split_sums(partials: torch.Tensor, sizes: list[int], dtype: torch.dtype) -> list[torch.Tensor]:
+    """sum_partials cut into ``sizes``, each in its own memory (a custom op's outputs may not alias)."""
+    return [part.to(dtype) for part in partials.double().sum(dim=0).split(sizes)]

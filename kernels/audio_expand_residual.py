@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from avfused.kernels._common import dot, dot_kind, sum_partials
+from avfused.kernels._common import dot, dot_kind, split_sums
 
 
 @triton.jit
@@ -128,7 +128,5 @@ def launch_backward(grad: torch.Tensor, audio: torch.Tensor, signal: torch.Tenso
         grad, audio, signal, weight, scale, d_audio, d_signal, partials, channels, length, taps,
         BLOCK_C=block_c, BLOCK_L=block_l, BLOCK_K=block_k, DOT=dot_kind(audio.dtype, audio.device),
     )  # fmt: skip
-    sums = sum_partials(partials, weight.dtype)
-    square = channels * taps
-    return (d_audio, d_signal, sums[:square].reshape(channels, taps), sums[square: square + channels],
-            sums[square + channels:])
+    d_weight, d_bias, d_scale = split_sums(partials, [channels * taps, channels, channels], weight.dtype)
+    return d_audio, d_signal, d_weight.reshape(channels, taps), d_bias, d_scale

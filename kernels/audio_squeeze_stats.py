@@ -141,4 +141,4 @@ def launch_backward(d_mean: torch.Tensor, d_var: torch.Tensor, audio: torch.Tens
     partials = torch.empty(grid[0] * grid[1], 3, channels, channels, device=audio.device, dtype=torch.float32)
     _backward_kernel[grid](audio, weight, bias, coef, d_audio, partials, channels, length,
                            BLOCK_C=block_c, BLOCK_L=block_l, DOT=dot_kind(audio.dtype, audio.device))
-    return d_audio, sum_partials(partials, weight.dtype), d_mean.to(bias.dtype)
+    return d_audio, sum_partials(partials, weight.dtype), d_mean.to(bias.dtype, copy=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from avfused.kernels._common import dot, dot_kind, sum_partials
+from avfused.kernels._common import dot, dot_kind, split_sums
 from avfused.kernels.audio_squeeze_stats import blocks, conv3_at
 
 
@@ -142,7 +142,6 @@ def launch_backward(d_signal: torch.Tensor, audio: torch.Tensor, weight: torch.T
         BLOCK_C=block_c, BLOCK_L=block_l, BLOCK_K=max(16, triton.next_power_of_2(taps)),
         DOT=dot_kind(audio.dtype, audio.device),
     )  # fmt: skip
-    sums = sum_partials(partials, weight.dtype)
-    square = 3 * channels * channels
-    return (d_audio, sums[:square].reshape(3, channels, channels), sums[square: square + channels],
-            sums[square + channels:].reshape(taps, channels))
+    sizes = [3 * channels * channels, channels, taps * channels]
+    d_weight, d_bias, d_to_one = split_sums(partials, sizes, weight.dtype)
+    return d_audio, d_weight.reshape(3, channels, channels), d_bias, d_to_one.reshape(taps, channels)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from avfused.kernels._common import sum_partials, token_slot
+from avfused.kernels._common import split_sums, token_slot
 
 
 @triton.jit
@@ -139,6 +139,5 @@ def launch_backward(grad: torch.Tensor, video: torch.Tensor, tokens: torch.Tenso
     partials = torch.empty(grid[0] * grid[1], 11 * channels, device=video.device, dtype=torch.float32)
     _backward_kernel[grid](grad, video, tokens, weight, scale, d_video, d_tokens, partials, channels, height, width,
                            rows, cols, WINDOW=window, BLOCK_C=block_c, BLOCK_P=block_p)
-    sums = sum_partials(partials, weight.dtype)
-    return (d_video, d_tokens, sums[: 9 * channels].reshape(channels, 9), sums[9 * channels: 10 * channels],
-            sums[10 * channels:])
+    d_weight, d_bias, d_scale = split_sums(partials, [9 * channels, channels, channels], weight.dtype)
+    return d_video, d_tokens, d_weight.reshape(channels, 9), d_bias, d_scale

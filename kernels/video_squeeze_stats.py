@@ -131,4 +131,4 @@ def launch_backward(d_mean: torch.Tensor, d_var: torch.Tensor, x: torch.Tensor, 
     partials = torch.empty(grid[0] * grid[1], 9 * channels, device=x.device, dtype=torch.float32)
     _backward_kernel[grid](x, dw_w, dw_b, coef, dx, partials, channels, height, width,
                            BLOCK_C=block_c, BLOCK_P=block_p)
-    return dx, sum_partials(partials, dw_w.dtype).reshape(channels, 9), d_mean.to(dw_b.dtype)
+    return dx, sum_partials(partials, dw_w.dtype).reshape(channels, 9), d_mean.to(dw_b.dtype, copy=True)

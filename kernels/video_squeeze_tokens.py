@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from avfused.kernels._common import depthwise3x3_at, sum_partials, token_slot
+from avfused.kernels._common import depthwise3x3_at, split_sums, token_slot
 
 
 @triton.jit
@@ -142,6 +142,5 @@ def launch_backward(grad_tokens: torch.Tensor, x: torch.Tensor, dw_w: torch.Tens
     partials = torch.empty(grid[0] * grid[1], 11 * channels + 1, device=x.device, dtype=torch.float32)
     _backward_kernel[grid](grad_tokens, x, dw_w, dw_b, w, dx, partials, channels, height, width, rows, cols,
                            WINDOW=window, BLOCK_C=block_c, BLOCK_P=block_p)
-    sums = sum_partials(partials, dw_w.dtype)
-    return dx, sums[: 9 * channels].reshape(channels, 9), sums[9 * channels: 10 * channels], \
-        sums[10 * channels: 11 * channels], sums[11 * channels:]
+    d_dw_w, d_dw_b, d_w, d_b = split_sums(partials, [9 * channels, channels, channels, 1], dw_w.dtype)
+    return dx, d_dw_w.reshape(channels, 9), d_dw_b, d_w, d_b

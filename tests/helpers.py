@@ -68,6 +68,9 @@ TRITON = _target("triton", TRITON_DEVICE, "triton")
 EXT_CPU = _target("ext", "cpu", "ext-cpu")
 EXT_CUDA = _target("ext", "cuda", "ext-cuda")
 TARGETS = [TRITON, EXT_CPU, EXT_CUDA]
+# Low-precision dtypes the Triton op tests run in: the interpreter rounds its fp32 -> bf16 stores toward zero
+# (an output stored in bf16 misses by twice PyTorch's rounding), so bf16 is checked on GPUs only
+TRITON_LOW_PRECISION = [torch.float16, torch.bfloat16] if GPU else [torch.float16]
 
 
 # The C++ CPU kernels' code paths: the best the CPU has, the 8-lane one (AVX2 / baseline, also on AVX-512
@@ -157,16 +160,6 @@ def float64_reference(reference_fn: Callable, inputs: list[torch.Tensor], grad: 
 # ---------------------------------------------------------------------------------------------
 # extension ops with a C++ CPU backward (the SAAVM's token building and scatter-back): shared checks
 # ---------------------------------------------------------------------------------------------
-def set_cpu_lanes(lanes: str, monkeypatch) -> None:
-    """The C++ kernels' lane width for this test: 'best-isa' (the CPU's), '8-lane' (the AVX2 / baseline code,
-    also on AVX-512 machines) or '16-lane' (the 16-lane code; built for the baseline ISA where the CPU lacks
-    AVX-512)."""
-    if lanes == "8-lane":
-        monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
-    if lanes == "16-lane":
-        monkeypatch.setenv("AVFUSED_CPU_PORTABLE_WIDE", "1")
-
-
 def check_trainable_ext(module: ModuleType, inputs: list[torch.Tensor], scalars: tuple = (),
                         names: tuple[str, ...] = (), views: Callable | None = None) -> None:
     """The wrapper ``module.ext`` (the C++ forward and backward ops), forward and the gradient of every tensor
@@ -211,3 +204,39 @@ def opcheck_trainable(module: ModuleType, inputs: list[torch.Tensor], scalars: t
     grads = [torch.randn_like(o) for o in (out if isinstance(out, tuple) else (out,))]
     backward_args = [*grads, *inputs, *scalars, *backward_extra(out)]
     torch.library.opcheck(getattr(ops, f"{module.OP}_backward").default, backward_args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels of the SAAVM's token building and scatter-back: shared check of their op tests
+# ---------------------------------------------------------------------------------------------
+def check_triton_op(module: ModuleType, inputs: list[torch.Tensor], scalars: tuple = (), names: tuple[str, ...] = (),
+                    dtype: torch.dtype | None = None) -> None:
+    """``module.triton`` against the float64 reference, forward and the gradient of every input: float32 by the
+    1e-4 rule, or (``dtype`` fp16 / bf16) every input in that dtype by the low-precision rule. Outputs that are
+    tuples (statistics) are stacked, in the inputs' dtype."""
+    from avfused import reference
+    from avfused.testing import check_against_reference, check_low_precision
+
+    def stacked(fn: Callable) -> Callable:
+        def run(*tensors):
+            out = fn(*tensors, *scalars)
+            return torch.stack(out).to(tensors[0].dtype) if isinstance(out, tuple) else out
+        return run
+
+    names = names or tuple(f"input {i}" for i in range(len(inputs)))
+    reference_fn = getattr(reference, module.OP)
+    if dtype is None:
+        check_against_reference(stacked(module.triton), stacked(reference_fn), inputs, names)
+    else:
+        check_low_precision(stacked(module.triton), stacked(reference_fn), inputs, names, dtype)
+
+
+def opcheck_triton(module: ModuleType, inputs: list[torch.Tensor], scalars: tuple, op_name: str, monkeypatch) -> None:
+    """Schema, fake, autograd registration and AOT tracing of the custom op ``module.<op_name>`` as
+    ``module.triton`` calls it (its arguments recorded on the way)."""
+    op = getattr(module, op_name)
+    calls = []
+    monkeypatch.setattr(module, op_name, lambda *args: calls.append(args) or op(*args))
+    module.triton(*[t.detach().requires_grad_() for t in inputs], *scalars)
+    (args,) = calls
+    torch.library.opcheck(op, [a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args])

@@ -12,7 +12,7 @@ import torch
 from avfused import backends
 from avfused.nn.saavm import SAAVM, token_count
 from avfused.testing import assert_matches_reference
-from tests.helpers import EXT_CPU
+from tests.helpers import EXT_CPU, TRITON
 
 
 def build(channels: int, frames: int, height: int, width: int, window: int) -> SAAVM:
@@ -37,17 +37,23 @@ CANCELLED_IN_TRAINING = ("video_squeeze.0.bias", "audio_squeeze.0.bias")
 SHAPES = [(1, 4, 3, 9, 11, 7, 160), (3, 5, 2, 14, 14, 7, 90), (3, 3, 4, 5, 6, 4, 70)]
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("target", [EXT_CPU])
+CASES = [pytest.param(EXT_CPU.values[0], shape, training, id=f"{EXT_CPU.id}-{i}-{'train' if training else 'eval'}",
+                      marks=EXT_CPU.marks) for i, shape in enumerate(SHAPES) for training in (True, False)]
+# Triton: under the interpreter one shape in training (the token attention runs on Triton too)
+CASES += [pytest.param(TRITON.values[0], SHAPES[2], True, id=f"{TRITON.id}-train", marks=TRITON.marks)]
+
+
+@pytest.mark.parametrize(("target", "shape", "training"), CASES)
 def test_fused_saavm_matches_its_layers_in_float64(target, shape, training):
     batch, channels, frames, height, width, window, length = shape
-    fused = build(channels, frames, height, width, window).train(training)
+    fused = build(channels, frames, height, width, window).to(target.device).train(training)
+    fused.backend = target.backend
     plain = copy.deepcopy(fused).double()
     plain.backend = "torch"
-    assert all(backends.optional_module_op(op, fused, torch.device("cpu")) for op in backends.LAYER_OPS)
-    video = torch.randn(batch, frames, channels, height, width).transpose(1, 2)  # not contiguous
-    audio = torch.randn(batch, channels, length)
+    device = torch.device(target.device)
+    assert all(backends.optional_module_op(op, fused, device) for op in backends.LAYER_OPS)
+    video = torch.randn(batch, frames, channels, height, width, device=device).transpose(1, 2)  # not contiguous
+    audio = torch.randn(batch, channels, length, device=device)
     inputs = [video.requires_grad_(), audio.requires_grad_()]
     inputs64 = [t.detach().double().requires_grad_() for t in inputs]
     outs = fused(*inputs)

@@ -194,6 +194,8 @@ def register_trainable_ext(op: str, fake) -> None:
 # autocast: what a raw torch.ops.avfused_*::<op> call does inside torch.autocast
 # ---------------------------------------------------------------------------------------------
 FLOAT32_ONLY = {"cpu": (torch.float32,), "cuda": (torch.float32,)}
+# the extension ops whose CUDA kernels read fp16 / bf16 activations (their C++ ones: float32)
+EXT_HALF_ON_CUDA = {"cpu": (torch.float32,), "cuda": (torch.float32, torch.float16, torch.bfloat16)}
 _AUTOCAST_LIBRARIES: dict[str, torch.library.Library] = {}  # kept alive: a registration lives as long as its library
 
 

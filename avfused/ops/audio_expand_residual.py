@@ -4,26 +4,32 @@
         -> (B, C, L) = scale * audio + bias + Conv1d(1 -> C, K, 'same')(the tokens interpolated to L)
 
 The same function as ``avfused.reference.audio_expand_residual`` (the folded SAAVM's, avfused.inference, and the
-training SAAVM's).
-One backend:
+training SAAVM's). Two backends:
 
 * ``ext`` -- the op ``avfused_ext::audio_expand_residual`` (csrc/audio_expand_residual/): a C++ CPU forward,
   one pass over the audio, and its backward ``avfused_ext::audio_expand_residual_backward``, one pass over the
   output gradient in tiles of positions (the interpolated signals, B L values, computed once; the weight,
   bias and scale sums per thread in double), so the op trains too. CUDA tensors run the reference.
+* ``triton`` -- ``avfused_triton::audio_expand_signal_residual`` and its backward
+  (kernels/audio_expand_residual.py): the interpolation of the tokens (one channel) in torch, then one pass
+  over the audio (or the gradient); float32 activations (fp16 / bf16 on CUDA).
 """
 
 from __future__ import annotations
 
 import torch
 
+from avfused import reference
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
     EXT_REASONS,
+    FLOAT32_ONLY,
+    TRITON_DTYPES,
     check_non_empty,
     check_rank,
     check_shape,
     check_tensors,
+    register_autocast,
     register_trainable_ext,
     trainable_ext,
 )
@@ -50,6 +56,62 @@ def check_inputs(backend: str, audio: Tensor, tokens: Tensor, weight: Tensor, bi
     check_shape(OP, "scale", scale, (channels,), "(C,)")
 
 
+# ---------------------------------------------------------------------------------------------
+# triton: from the interpolated signal on in one kernel each way; the interpolation (one channel) is torch's
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("avfused_triton::audio_expand_signal_residual", mutates_args=())
+def triton_forward(audio: Tensor, signal: Tensor, weight: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
+    """audio (B, C, L), signal (B, L), weight (C, K), bias and scale (C,); contiguous, audio and signal float32
+    (or fp16 / bf16 on CUDA) -> (B, C, L) in audio's dtype."""
+    from avfused.kernels.audio_expand_residual import launch_forward
+
+    return launch_forward(audio, signal, weight, bias, scale)
+
+
+@triton_forward.register_fake
+def _(audio, signal, weight, bias, scale):
+    return audio.new_empty(audio.shape)
+
+
+@torch.library.custom_op("avfused_triton::audio_expand_signal_residual_backward", mutates_args=())
+def triton_backward(grad: Tensor, audio: Tensor, signal: Tensor, weight: Tensor, scale: Tensor
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of triton_forward for audio, signal, weight, bias and scale, in one Triton kernel."""
+    from avfused.kernels.audio_expand_residual import launch_backward
+
+    d_audio, d_signal, d_weight, d_bias, d_scale = launch_backward(grad, audio, signal, weight, scale)
+    return d_audio, d_signal.to(signal.dtype), d_weight, d_bias, d_scale
+
+
+@triton_backward.register_fake
+def _(grad, audio, signal, weight, scale):
+    return (audio.new_empty(audio.shape), signal.new_empty(signal.shape), weight.new_empty(weight.shape),
+            scale.new_empty(scale.shape), scale.new_empty(scale.shape))
+
+
+def _triton_setup_context(ctx, inputs, output) -> None:
+    audio, signal, weight, _, scale = inputs
+    ctx.save_for_backward(audio, signal, weight, scale)
+
+
+def _triton_autograd(ctx, grad: Tensor):
+    return triton_backward(grad.contiguous(), *ctx.saved_tensors)
+
+
+triton_forward.register_autograd(_triton_autograd, setup_context=_triton_setup_context)
+
+
+def triton(audio: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
+    """The Triton backend of the op; returns audio's dtype."""
+    check_inputs("triton", audio, tokens, weight, bias, scale)
+    signal = reference.tokens_to_audio(tokens, audio.shape[-1]).to(audio.dtype)
+    flat = (audio, signal, weight.reshape(audio.shape[1], -1), bias, scale)
+    return triton_forward(*(t.contiguous() for t in flat))
+
+
+# ---------------------------------------------------------------------------------------------
+# ext: the C++ (and CUDA) extension
+# ---------------------------------------------------------------------------------------------
 def ext(audio: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
     """The extension backend of the op; returns audio's dtype (computed in float32)."""
     check_inputs("ext", audio, tokens, weight, bias, scale)
@@ -60,5 +122,7 @@ def _fake(audio, tokens, weight, bias, scale):
     return audio.new_empty(audio.shape)
 
 
+register_autocast("avfused_triton::audio_expand_signal_residual", (0, 1), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     register_trainable_ext(OP, _fake)
+    register_autocast("avfused_ext::audio_expand_residual", (0, 1), FLOAT32_ONLY)

@@ -7,7 +7,7 @@ training).
 The same function as ``avfused.reference.audio_squeeze_stats``. In training the SAAVM folds the batch norm
 with these statistics into the convolution (w' = w g / sqrt(var + eps), b' = (b - mean) g / sqrt(var + eps) +
 beta) and hands w', b' to ``audio_squeeze_tokens``, so that the (B, C, L) z and hidden layer never reach
-memory; gradients flow through the fold into mean and var, and from there back here. One backend:
+memory; gradients flow through the fold into mean and var, and from there back here. Two backends:
 
 * ``ext`` -- the op ``avfused_ext::audio_squeeze_stats`` and its backward
   ``avfused_ext::audio_squeeze_stats_backward(grad_mean, grad_var, audio, weight, bias, mean)``
@@ -16,6 +16,9 @@ memory; gradients flow through the fold into mean and var, and from there back h
   (no float32 E[z^2] - E[z]^2); the backward recomputes z per tile, forms grad_z = grad_mean / M +
   2 grad_var (z - mean) / M (M = B L) and runs the tile backward on it. z never exists beyond a tile. CUDA
   tensors run the reference.
+* ``triton`` -- ``avfused_triton::audio_squeeze_stats`` and its backward (kernels/audio_squeeze_stats.py) for
+  the SAAVM's 3-tap convolution: z as three (C, C) products per block of positions, the blocks' moments
+  merged in float64; float32 audio (fp16 / bf16 on CUDA).
 """
 
 from __future__ import annotations
@@ -23,7 +26,17 @@ from __future__ import annotations
 import torch
 
 from avfused.errors import InputShapeError
-from avfused.ops._common import EXT_REASONS, check_non_empty, check_rank, check_shape, check_tensors, reference_on_gpu
+from avfused.ops._common import (
+    EXT_REASONS,
+    FLOAT32_ONLY,
+    TRITON_DTYPES,
+    check_non_empty,
+    check_rank,
+    check_shape,
+    check_tensors,
+    reference_on_gpu,
+    register_autocast,
+)
 
 Tensor = torch.Tensor
 OP = "audio_squeeze_stats"
@@ -43,6 +56,64 @@ def check_inputs(backend: str, audio: Tensor, weight: Tensor, bias: Tensor) -> N
     check_shape(OP, "bias", bias, (channels,), "(C,)")
 
 
+# ---------------------------------------------------------------------------------------------
+# triton
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("avfused_triton::audio_squeeze_stats", mutates_args=())
+def triton_forward(audio: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """audio (B, C, L), weight (3, C, C) tap-major, bias (C,); contiguous, audio float32 (or fp16 / bf16 on
+    CUDA) -> (mean (C,), var (C,)) float32."""
+    from avfused.kernels.audio_squeeze_stats import launch_forward
+
+    return launch_forward(audio, weight, bias)
+
+
+@triton_forward.register_fake
+def _(audio, weight, bias):
+    return bias.new_empty(bias.shape, dtype=torch.float32), bias.new_empty(bias.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("avfused_triton::audio_squeeze_stats_backward", mutates_args=())
+def triton_backward(grad_mean: Tensor, grad_var: Tensor, audio: Tensor, weight: Tensor, bias: Tensor,
+                    mean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of triton_forward for audio, weight and bias, in one Triton kernel."""
+    from avfused.kernels.audio_squeeze_stats import launch_backward
+
+    return launch_backward(grad_mean, grad_var, audio, weight, bias, mean)
+
+
+@triton_backward.register_fake
+def _(grad_mean, grad_var, audio, weight, bias, mean):
+    return audio.new_empty(audio.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+
+
+def _triton_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs, output[0])
+
+
+def _triton_autograd(ctx, grad_mean, grad_var):
+    audio, weight, bias, mean = ctx.saved_tensors
+    grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean.float().contiguous()
+    grad_var = torch.zeros_like(mean) if grad_var is None else grad_var.float().contiguous()
+    return triton_backward(grad_mean, grad_var, audio, weight, bias, mean)
+
+
+triton_forward.register_autograd(_triton_autograd, setup_context=_triton_setup_context)
+
+
+def triton(audio: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """The Triton backend of the op: (mean, var) in float32."""
+    check_inputs("triton", audio, weight, bias)
+    if weight.shape[-1] != 3:
+        raise InputShapeError(f"{OP}: the triton kernel computes the SAAVM's 3-tap convolution; weight has "
+                              f"{weight.shape[-1]} taps (the ext and torch backends take any odd count)")
+    flat = (audio, weight.permute(2, 0, 1), bias)
+    return triton_forward(*(t.contiguous() for t in flat))
+
+
+# ---------------------------------------------------------------------------------------------
+# ext: the C++ (and CUDA) extension
+# ---------------------------------------------------------------------------------------------
 def ext(audio: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     """The extension backend of the op; returns audio's dtype (computed in float32, the sums in double)."""
     check_inputs("ext", audio, weight, bias)
@@ -74,5 +145,7 @@ def _register_ext() -> None:
     torch.library.register_autograd("avfused_ext::audio_squeeze_stats", backward, setup_context=setup_context)
 
 
+register_autocast("avfused_triton::audio_squeeze_stats", (0,), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     _register_ext()
+    register_autocast("avfused_ext::audio_squeeze_stats", (0,), FLOAT32_ONLY)

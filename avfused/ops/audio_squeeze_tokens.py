@@ -4,26 +4,33 @@
                          frames T, token_dim D) -> (B, T, D)
 
 The same function as ``avfused.reference.audio_squeeze_tokens`` (the folded SAAVM's, avfused.inference: its
-batch norm is in weight and bias). One backend:
+batch norm is in weight and bias). Two backends:
 
 * ``ext`` -- the op ``avfused_ext::audio_squeeze_tokens`` (csrc/audio_squeeze_tokens/): a C++ CPU forward
   that never writes the (B, C, L) hidden layer, and its backward ``avfused_ext::audio_squeeze_tokens_backward``,
   which recomputes the hidden layer tile by tile (weight sums per thread in double), so the op trains too
   (in training the batch norm's batch statistics come from ``audio_squeeze_stats`` and are folded into
   weight and bias first). CUDA tensors run the reference.
+* ``triton`` -- ``avfused_triton::audio_squeeze_signal`` and its backward (kernels/audio_squeeze_tokens.py)
+  for the SAAVM's 3-tap convolution: the one-channel signal before the pooling without the hidden layer in
+  memory; the pooling (one channel) in torch; float32 audio (fp16 / bf16 on CUDA).
 """
 
 from __future__ import annotations
 
 import torch
 
+from avfused import reference
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
     EXT_REASONS,
+    FLOAT32_ONLY,
+    TRITON_DTYPES,
     check_non_empty,
     check_rank,
     check_shape,
     check_tensors,
+    register_autocast,
     register_trainable_ext,
     trainable_ext,
 )
@@ -53,6 +60,66 @@ def check_inputs(backend: str, audio: Tensor, weight: Tensor, bias: Tensor, to_o
         raise InputShapeError(f"{OP}: frames and token_dim must be >= 1, got {frames} and {token_dim}")
 
 
+# ---------------------------------------------------------------------------------------------
+# triton: the signal before the pooling in one kernel each way; the pooling (one channel) is torch's
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("avfused_triton::audio_squeeze_signal", mutates_args=())
+def triton_signal(audio: Tensor, weight: Tensor, bias: Tensor, to_one: Tensor, to_one_bias: Tensor) -> Tensor:
+    """audio (B, C, L), weight (3, C, C) tap-major, bias (C,), to_one (K, C) tap-major, to_one_bias (1,);
+    contiguous, audio float32 (or fp16 / bf16 on CUDA) -> the signal before the pooling (B, L) float32."""
+    from avfused.kernels.audio_squeeze_tokens import launch_signal
+
+    return launch_signal(audio, weight, bias, to_one, to_one_bias)
+
+
+@triton_signal.register_fake
+def _(audio, weight, bias, to_one, to_one_bias):
+    return audio.new_empty((audio.shape[0], audio.shape[2]), dtype=torch.float32)
+
+
+@torch.library.custom_op("avfused_triton::audio_squeeze_signal_backward", mutates_args=())
+def triton_signal_backward(grad: Tensor, audio: Tensor, weight: Tensor, bias: Tensor, to_one: Tensor
+                           ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of triton_signal for audio, weight, bias and to_one, in one Triton kernel."""
+    from avfused.kernels.audio_squeeze_tokens import launch_backward
+
+    return launch_backward(grad, audio, weight, bias, to_one)
+
+
+@triton_signal_backward.register_fake
+def _(grad, audio, weight, bias, to_one):
+    return tuple(t.new_empty(t.shape) for t in (audio, weight, bias, to_one))
+
+
+def _triton_setup_context(ctx, inputs, output) -> None:
+    *tensors, to_one_bias = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.bias_dtype = to_one_bias.dtype
+
+
+def _triton_autograd(ctx, grad: Tensor):
+    grads = triton_signal_backward(grad.contiguous(), *ctx.saved_tensors)
+    return (*grads, grad.sum().reshape(1).to(ctx.bias_dtype))
+
+
+triton_signal.register_autograd(_triton_autograd, setup_context=_triton_setup_context)
+
+
+def triton(audio: Tensor, weight: Tensor, bias: Tensor, to_one: Tensor, to_one_bias: Tensor, frames: int,
+           token_dim: int) -> Tensor:
+    """The Triton backend of the op; returns audio's dtype."""
+    check_inputs("triton", audio, weight, bias, to_one, to_one_bias, frames, token_dim)
+    if weight.shape[-1] != 3:
+        raise InputShapeError(f"{OP}: the triton kernel computes the SAAVM's 3-tap convolution; weight has "
+                              f"{weight.shape[-1]} taps (the ext and torch backends take any odd count)")
+    flat = (audio, weight.permute(2, 0, 1), bias, to_one[0].t(), to_one_bias)
+    signal = triton_signal(*(t.contiguous() for t in flat))
+    return reference.audio_to_tokens(signal.to(audio.dtype), frames, token_dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# ext: the C++ (and CUDA) extension
+# ---------------------------------------------------------------------------------------------
 def ext(audio: Tensor, weight: Tensor, bias: Tensor, to_one: Tensor, to_one_bias: Tensor, frames: int,
         token_dim: int) -> Tensor:
     """The extension backend of the op; returns audio's dtype (computed in float32)."""
@@ -64,5 +131,7 @@ def _fake(audio, weight, bias, to_one, to_one_bias, frames, token_dim):
     return audio.new_empty((audio.shape[0], frames, token_dim))
 
 
+register_autocast("avfused_triton::audio_squeeze_signal", (0,), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     register_trainable_ext(OP, _fake)
+    register_autocast("avfused_ext::audio_squeeze_tokens", (0,), FLOAT32_ONLY)

@@ -27,8 +27,8 @@ import torch
 
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
+    EXT_HALF_ON_CUDA,
     EXT_REASONS,
-    FLOAT32_ONLY,
     TRITON_DTYPES,
     check_non_empty,
     check_rank,
@@ -172,5 +172,4 @@ def _register_ext() -> None:
 register_autocast("avfused_triton::conv_mlp", (0,), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     _register_ext()
-    ext_activations = {"cpu": FLOAT32_ONLY["cpu"], "cuda": EXT_CUDA_ACTIVATIONS}
-    register_autocast("avfused_ext::conv_mlp", (0,), ext_activations)
+    register_autocast("avfused_ext::conv_mlp", (0,), EXT_HALF_ON_CUDA)

@@ -27,8 +27,8 @@ import torch
 
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
+    EXT_HALF_ON_CUDA,
     EXT_REASONS,
-    FLOAT32_ONLY,
     TRITON_DTYPES,
     autograd_records,
     check_non_empty,
@@ -286,7 +286,5 @@ def _register_ext() -> None:
 register_autocast("avfused_triton::joint_token_attention", (0,), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     _register_ext()
-    # the CUDA kernels read fp16 / bf16 tokens as they are; the C++ ones float32
-    ext_tokens = {"cpu": FLOAT32_ONLY["cpu"], "cuda": (torch.float32, torch.float16, torch.bfloat16)}
-    register_autocast("avfused_ext::joint_token_attention", (0,), ext_tokens)
-    register_autocast("avfused_ext::joint_token_attention_train", (0,), ext_tokens)
+    register_autocast("avfused_ext::joint_token_attention", (0,), EXT_HALF_ON_CUDA)
+    register_autocast("avfused_ext::joint_token_attention_train", (0,), EXT_HALF_ON_CUDA)

@@ -29,8 +29,8 @@ import torch
 
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
+    EXT_HALF_ON_CUDA,
     EXT_REASONS,
-    FLOAT32_ONLY,
     TRITON_DTYPES,
     check_non_empty,
     check_rank,
@@ -158,5 +158,4 @@ def _register_ext() -> None:
 register_autocast("avfused_triton::large_kernel_attention", (0,), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     _register_ext()
-    ext_activations = {"cpu": FLOAT32_ONLY["cpu"], "cuda": EXT_CUDA_ACTIVATIONS}
-    register_autocast("avfused_ext::large_kernel_attention", (0,), ext_activations)
+    register_autocast("avfused_ext::large_kernel_attention", (0,), EXT_HALF_ON_CUDA)

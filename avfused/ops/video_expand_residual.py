@@ -6,7 +6,7 @@
 
 The same function as ``avfused.reference.video_expand_residual`` (the folded SAAVM's, avfused.inference, and
 the training SAAVM's: with scale = ones it is the plain residual, the layer scale folded into weight and bias).
-One backend:
+Two backends:
 
 * ``ext`` -- the op ``avfused_ext::video_expand_residual`` and its backward
   ``avfused_ext::video_expand_residual_backward`` (csrc/video_expand_residual/), so the op trains too. CPU:
@@ -16,6 +16,9 @@ One backend:
   added with atomics) and one thread per token value for the token gradient; the map is read straight from
   the tokens. float32, float16 and bfloat16 activations (video, tokens and grad in video's dtype), float32
   weights and accumulation.
+* ``triton`` -- ``avfused_triton::video_expand_residual`` and its backward (kernels/video_expand_residual.py):
+  one program per (image, block of pixels), the map gathered from the tokens, one pass over the video (or
+  the gradient) each; float32 activations (fp16 / bf16 on CUDA).
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import torch
 
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
+    EXT_HALF_ON_CUDA,
     EXT_REASONS,
+    TRITON_DTYPES,
     check_non_empty,
     check_rank,
     check_shape,
     check_tensors,
+    register_autocast,
     register_trainable_ext,
 )
 
@@ -60,6 +66,60 @@ def check_inputs(backend: str, video: Tensor, tokens: Tensor, weight: Tensor, bi
     check_shape(OP, "scale", scale, (channels,), "(C,)")
 
 
+# ---------------------------------------------------------------------------------------------
+# triton
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("avfused_triton::video_expand_residual", mutates_args=())
+def triton_forward(video: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor, window: int) -> Tensor:
+    """video (N, C, H, W), tokens (B, L, window**2), weight (C, 9), bias and scale (C,); contiguous, video and
+    tokens float32 (or fp16 / bf16 on CUDA) -> (N, C, H, W) in video's dtype."""
+    from avfused.kernels.video_expand_residual import launch_forward
+
+    return launch_forward(video, tokens, weight, bias, scale, window)
+
+
+@triton_forward.register_fake
+def _(video, tokens, weight, bias, scale, window):
+    return video.new_empty(video.shape)
+
+
+@torch.library.custom_op("avfused_triton::video_expand_residual_backward", mutates_args=())
+def triton_backward(grad: Tensor, video: Tensor, tokens: Tensor, weight: Tensor, scale: Tensor, window: int
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of triton_forward for video, tokens, weight, bias and scale, in one Triton kernel."""
+    from avfused.kernels.video_expand_residual import launch_backward
+
+    return launch_backward(grad, video, tokens, weight, scale, window)
+
+
+@triton_backward.register_fake
+def _(grad, video, tokens, weight, scale, window):
+    return (video.new_empty(video.shape), tokens.new_empty(tokens.shape), weight.new_empty(weight.shape),
+            scale.new_empty(scale.shape), scale.new_empty(scale.shape))
+
+
+def _triton_setup_context(ctx, inputs, output) -> None:
+    video, tokens, weight, _, scale, ctx.window = inputs
+    ctx.save_for_backward(video, tokens, weight, scale)
+
+
+def _triton_autograd(ctx, grad: Tensor):
+    return (*triton_backward(grad.contiguous(), *ctx.saved_tensors, ctx.window), None)
+
+
+triton_forward.register_autograd(_triton_autograd, setup_context=_triton_setup_context)
+
+
+def triton(video: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor, window: int) -> Tensor:
+    """The Triton backend of the op; returns video's dtype."""
+    check_inputs("triton", video, tokens, weight, bias, scale, window)
+    flat = (video, tokens.to(video.dtype), weight.reshape(video.shape[1], 9), bias, scale)
+    return triton_forward(*(t.contiguous() for t in flat), window)
+
+
+# ---------------------------------------------------------------------------------------------
+# ext: the C++ (and CUDA) extension
+# ---------------------------------------------------------------------------------------------
 def ext(video: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor, window: int) -> Tensor:
     """The extension backend of the op; returns video's dtype (computed in float32)."""
     check_inputs("ext", video, tokens, weight, bias, scale, window)
@@ -74,5 +134,7 @@ def _fake(video, tokens, weight, bias, scale, window):
     return video.new_empty(video.shape)
 
 
+register_autocast("avfused_triton::video_expand_residual", (0, 1), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     register_trainable_ext(OP, _fake)
+    register_autocast("avfused_ext::video_expand_residual", (0, 1), EXT_HALF_ON_CUDA)

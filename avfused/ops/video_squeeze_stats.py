@@ -6,7 +6,7 @@ The same function as ``avfused.reference.video_squeeze_stats``: the per-channel 
 z = dw3x3(video) + dw_bias over (B*T, H, W). With them the batch norm folds into the depthwise conv per
 batch (s = bn_weight / sqrt(var + eps), dw_weight * s, (dw_bias - mean) * s + bn_bias), and
 ``video_squeeze_tokens`` then trains the SAAVM's video squeeze without the hidden layer in memory; autograd
-through that composition is batch norm's training gradient. One backend:
+through that composition is batch norm's training gradient. Two backends:
 
 * ``ext`` -- the op ``avfused_ext::video_squeeze_stats`` and its backward op
   ``avfused_ext::video_squeeze_stats_backward`` (csrc/video_squeeze_stats/), which recompute z in both
@@ -15,6 +15,9 @@ through that composition is batch norm's training gradient. One backend:
   a time (float32 z, statistics and weight gradients summed in double); CUDA: one block per plane for the
   statistics, one thread per pixel for the backward (float32, float16 and bfloat16 video, float32 weights and
   accumulation, float32 statistics).
+* ``triton`` -- ``avfused_triton::video_squeeze_stats`` and its backward (kernels/video_squeeze_stats.py):
+  one program per (image, block of pixels) recomputes z from 9 shifted loads; the blocks' means and squared
+  deviations merged in float64; float32 video (fp16 / bf16 on CUDA), float32 statistics.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from __future__ import annotations
 import torch
 
 from avfused.ops._common import (
+    EXT_HALF_ON_CUDA,
     EXT_REASONS,
+    TRITON_DTYPES,
     check_non_empty,
     check_rank,
     check_shape,
     check_tensors,
+    register_autocast,
 )
 
 Tensor = torch.Tensor
@@ -45,6 +51,61 @@ def check_inputs(backend: str, video: Tensor, dw_weight: Tensor, dw_bias: Tensor
     check_shape(OP, "dw_bias", dw_bias, (channels,), "(C,)")
 
 
+# ---------------------------------------------------------------------------------------------
+# triton
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("avfused_triton::video_squeeze_stats", mutates_args=())
+def triton_forward(video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """video (N, C, H, W), dw_weight (C, 9), dw_bias (C,); contiguous, video float32 (or fp16 / bf16 on CUDA)
+    -> (mean (C,), var (C,)) float32."""
+    from avfused.kernels.video_squeeze_stats import launch_forward
+
+    return launch_forward(video, dw_weight, dw_bias)
+
+
+@triton_forward.register_fake
+def _(video, dw_weight, dw_bias):
+    return dw_bias.new_empty(dw_bias.shape, dtype=torch.float32), dw_bias.new_empty(dw_bias.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("avfused_triton::video_squeeze_stats_backward", mutates_args=())
+def triton_backward(grad_mean: Tensor, grad_var: Tensor, video: Tensor, dw_weight: Tensor, dw_bias: Tensor,
+                    mean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of triton_forward for video, dw_weight and dw_bias, in one Triton kernel."""
+    from avfused.kernels.video_squeeze_stats import launch_backward
+
+    return launch_backward(grad_mean, grad_var, video, dw_weight, dw_bias, mean)
+
+
+@triton_backward.register_fake
+def _(grad_mean, grad_var, video, dw_weight, dw_bias, mean):
+    return video.new_empty(video.shape), dw_weight.new_empty(dw_weight.shape), dw_bias.new_empty(dw_bias.shape)
+
+
+def _triton_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs, output[0])
+
+
+def _triton_autograd(ctx, grad_mean, grad_var):
+    video, dw_weight, dw_bias, mean = ctx.saved_tensors
+    grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean.float().contiguous()
+    grad_var = torch.zeros_like(mean) if grad_var is None else grad_var.float().contiguous()
+    return triton_backward(grad_mean, grad_var, video, dw_weight, dw_bias, mean)
+
+
+triton_forward.register_autograd(_triton_autograd, setup_context=_triton_setup_context)
+
+
+def triton(video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """The Triton backend of the op: (mean, var) in float32."""
+    check_inputs("triton", video, dw_weight, dw_bias)
+    flat = (video, dw_weight.reshape(video.shape[1], 9), dw_bias)
+    return triton_forward(*(t.contiguous() for t in flat))
+
+
+# ---------------------------------------------------------------------------------------------
+# ext: the C++ (and CUDA) extension
+# ---------------------------------------------------------------------------------------------
 def ext(video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> tuple[Tensor, Tensor]:
     """The extension backend of the op; returns (mean, var) in video's dtype (computed in float32, summed in
     double)."""
@@ -75,5 +136,7 @@ def _register_ext() -> None:
     torch.library.register_autograd("avfused_ext::video_squeeze_stats", backward, setup_context=setup_context)
 
 
+register_autocast("avfused_triton::video_squeeze_stats", (0,), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     _register_ext()
+    register_autocast("avfused_ext::video_squeeze_stats", (0,), EXT_HALF_ON_CUDA)

@@ -5,13 +5,16 @@
 
 The same function as ``avfused.reference.video_squeeze_tokens`` (the folded SAAVM's, avfused.inference: its
 batch norm is in dw_weight and dw_bias; in training the batch norm folds in per batch from
-``video_squeeze_stats``). One backend:
+``video_squeeze_stats``). Two backends:
 
 * ``ext`` -- the op ``avfused_ext::video_squeeze_tokens`` and its backward op
   ``avfused_ext::video_squeeze_tokens_backward`` (csrc/video_squeeze_tokens/), in inference and in training;
   neither writes the (B*T, C, H, W) hidden layer or the map, and the forward keeps only its inputs for the
   backward, which recomputes the hidden layer. CPU: C++ per image, one channel plane at a time (float32);
   CUDA: one thread per pixel (float32, float16 and bfloat16 video, float32 weights and accumulation).
+* ``triton`` -- ``avfused_triton::video_squeeze_tokens`` and its backward (kernels/video_squeeze_tokens.py):
+  one program per (image, block of pixels), the hidden layer recomputed (in the backward at the 9
+  neighbours too), the map written straight into its token slots; float32 video (fp16 / bf16 on CUDA).
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import torch
 
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
+    EXT_HALF_ON_CUDA,
     EXT_REASONS,
+    TRITON_DTYPES,
     check_non_empty,
     check_rank,
     check_shape,
     check_tensors,
+    register_autocast,
 )
 
 Tensor = torch.Tensor
@@ -50,6 +56,65 @@ def check_inputs(backend: str, video: Tensor, dw_weight: Tensor, dw_bias: Tensor
         )
 
 
+# ---------------------------------------------------------------------------------------------
+# triton
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("avfused_triton::video_squeeze_tokens", mutates_args=())
+def triton_forward(video: Tensor, dw_weight: Tensor, dw_bias: Tensor, weight: Tensor, bias: Tensor, frames: int,
+                   window: int) -> Tensor:
+    """video (N, C, H, W), dw_weight (C, 9), dw_bias (C,), weight (C,), bias (1,); contiguous, video float32 (or
+    fp16 / bf16 on CUDA) -> tokens (N / frames, frames * R * Q, window**2) in video's dtype."""
+    from avfused.kernels.video_squeeze_tokens import launch_forward
+
+    tokens = launch_forward(video, dw_weight, dw_bias, weight, bias, window)
+    return tokens.reshape(video.shape[0] // frames, -1, window * window)
+
+
+@triton_forward.register_fake
+def _(video, dw_weight, dw_bias, weight, bias, frames, window):
+    windows = -(-video.shape[2] // window) * -(-video.shape[3] // window)
+    return video.new_empty((video.shape[0] // frames, frames * windows, window * window))
+
+
+@torch.library.custom_op("avfused_triton::video_squeeze_tokens_backward", mutates_args=())
+def triton_backward(grad: Tensor, video: Tensor, dw_weight: Tensor, dw_bias: Tensor, weight: Tensor, window: int
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of triton_forward for video, dw_weight, dw_bias, weight and bias, in one Triton kernel."""
+    from avfused.kernels.video_squeeze_tokens import launch_backward
+
+    return launch_backward(grad.reshape(-1, window * window), video, dw_weight, dw_bias, weight, window)
+
+
+@triton_backward.register_fake
+def _(grad, video, dw_weight, dw_bias, weight, window):
+    return (video.new_empty(video.shape), dw_weight.new_empty(dw_weight.shape), dw_bias.new_empty(dw_bias.shape),
+            weight.new_empty(weight.shape), dw_bias.new_empty((1,)))
+
+
+def _triton_setup_context(ctx, inputs, output) -> None:
+    video, dw_weight, dw_bias, weight, _, _, ctx.window = inputs
+    ctx.save_for_backward(video, dw_weight, dw_bias, weight)
+
+
+def _triton_autograd(ctx, grad: Tensor):
+    return (*triton_backward(grad.contiguous(), *ctx.saved_tensors, ctx.window), None, None)
+
+
+triton_forward.register_autograd(_triton_autograd, setup_context=_triton_setup_context)
+
+
+def triton(video: Tensor, dw_weight: Tensor, dw_bias: Tensor, weight: Tensor, bias: Tensor, frames: int,
+           window: int) -> Tensor:
+    """The Triton backend of the op; returns video's dtype."""
+    check_inputs("triton", video, dw_weight, dw_bias, weight, bias, frames, window)
+    channels = video.shape[1]
+    flat = (video, dw_weight.reshape(channels, 9), dw_bias, weight.reshape(channels), bias)
+    return triton_forward(*(t.contiguous() for t in flat), frames, window)
+
+
+# ---------------------------------------------------------------------------------------------
+# ext: the C++ (and CUDA) extension
+# ---------------------------------------------------------------------------------------------
 def ext(video: Tensor, dw_weight: Tensor, dw_bias: Tensor, weight: Tensor, bias: Tensor, frames: int,
         window: int) -> Tensor:
     """The extension backend of the op; returns video's dtype (computed in float32)."""
@@ -85,5 +150,7 @@ def _register_ext() -> None:
     torch.library.register_autograd("avfused_ext::video_squeeze_tokens", backward, setup_context=setup_context)
 
 
+register_autocast("avfused_triton::video_squeeze_tokens", (0,), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     _register_ext()
+    register_autocast("avfused_ext::video_squeeze_tokens", (0,), EXT_HALF_ON_CUDA)

@@ -18,11 +18,13 @@ import torch
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
     EXT_REASONS,
+    FLOAT32_ONLY,
     check_non_empty,
     check_rank,
     check_shape,
     check_tensors,
     forward_only_ext,
+    register_autocast,
     register_forward_only_ext,
 )
 
@@ -60,3 +62,4 @@ def _fake(frames, weight, bias, border):
 
 if EXT_REASONS["cpu"] is None:
     register_forward_only_ext(OP, _fake)
+    register_autocast("avfused_ext::video_stem", (0,), FLOAT32_ONLY)

@@ -18,11 +18,16 @@ from avfused.testing import assert_matches_reference, check_against_reference
 from tests.helpers import (
     EXT_CPU,
     EXT_CUDA,
+    TRITON,
+    TRITON_LOW_PRECISION,
+    allow_triton_low_precision_on_cpu,
     check_float64_in_float64_out,
     check_trainable_ext,
+    check_triton_op,
     check_wrapper_trains_through_cpp,
     opcheck_trainable,
-    set_cpu_lanes,
+    opcheck_triton,
+    use_cpu_lanes,
 )
 
 NAMES = ("audio", "tokens", "weight", "bias", "scale")
@@ -54,7 +59,7 @@ SHAPES = [
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_matches_float64(target, shape, lanes, monkeypatch):
-    set_cpu_lanes(lanes, monkeypatch)
+    use_cpu_lanes(monkeypatch, lanes)
     check_trainable_ext(audio_expand_residual, make_inputs(*shape), (), NAMES)
 
 
@@ -164,3 +169,42 @@ def test_layer_scaled_op_matches_the_saavm_layers(target, shape):
     inputs = make_inputs(*shape)
     names = ("audio", "tokens", "expand weight", "expand bias", "layer scale")
     check_against_reference(fused_scatter_back, module_scatter_back, inputs, names)
+
+
+# ---- triton: the interpreter here, the GPU where there is one ---------------------------------------------
+# lengths no multiple of T D and shorter than T D, one and three clips
+TRITON_SHAPES = [(3, 5, 301, 3, 49, 33), (1, 8, 1100, 2, 49, 33), (1, 3, 7, 2, 5, 9)]
+
+
+def triton_case(shape, device):
+    return make_inputs(*shape, device=device), ()
+
+
+@pytest.mark.parametrize("shape", TRITON_SHAPES)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_matches_float64(target, shape):
+    inputs, scalars = triton_case(shape, target.device)
+    check_triton_op(audio_expand_residual, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_non_contiguous_inputs(target):
+    inputs, scalars = triton_case(TRITON_SHAPES[0], target.device)
+    inputs[0] = inputs[0].transpose(1, 2).contiguous().transpose(1, 2)
+    inputs[1] = inputs[1].transpose(0, 1).contiguous().transpose(0, 1)
+    assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous()
+    check_triton_op(audio_expand_residual, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("dtype", TRITON_LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision(target, dtype, monkeypatch):
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    inputs, scalars = triton_case(TRITON_SHAPES[1], target.device)
+    check_triton_op(audio_expand_residual, inputs, scalars, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_opcheck(target, monkeypatch):
+    inputs, scalars = triton_case(TRITON_SHAPES[2], target.device)
+    opcheck_triton(audio_expand_residual, inputs, scalars, "triton_forward", monkeypatch)

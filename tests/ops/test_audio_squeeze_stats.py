@@ -14,7 +14,18 @@ from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import audio_squeeze_stats, audio_squeeze_tokens
 from avfused.testing import assert_matches_reference, check_against_reference, leaves, relative_error
-from tests.helpers import EXT_CPU, EXT_CUDA, check_wrapper_trains_through_cpp, opcheck_trainable, set_cpu_lanes
+from tests.helpers import (
+    EXT_CPU,
+    EXT_CUDA,
+    TRITON,
+    TRITON_LOW_PRECISION,
+    allow_triton_low_precision_on_cpu,
+    check_triton_op,
+    check_wrapper_trains_through_cpp,
+    opcheck_trainable,
+    opcheck_triton,
+    use_cpu_lanes,
+)
 
 NAMES = ("audio", "weight", "bias")
 
@@ -52,7 +63,7 @@ SHAPES = [(1, 5, 301, 3), (3, 8, 1100, 3), (1, 3, 7, 5), (3, 9, 45, 3), (3, 2, 1
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_matches_float64(target, shape, lanes, monkeypatch):
-    set_cpu_lanes(lanes, monkeypatch)
+    use_cpu_lanes(monkeypatch, lanes)
     check_stats(make_inputs(*shape))
 
 
@@ -202,3 +213,41 @@ def test_training_audio_tokens_cancel_the_conv_bias_gradient(target):
     tokens = fused_audio_tokens(*inputs, 3, 49)
     grads = torch.autograd.grad(tokens, inputs, torch.randn_like(tokens))
     assert grads[2].abs().max() <= 1e-4 * grads[4].abs().max()
+
+
+# ---- triton: the interpreter here, the GPU where there is one ---------------------------------------------
+# lengths across several blocks and of one sample, one and three clips (the triton kernel: 3 taps)
+TRITON_SHAPES = [(3, 5, 301, 3), (1, 8, 1100, 3), (3, 2, 1, 3)]
+
+
+def triton_case(shape, device):
+    return make_inputs(*shape, device=device), ()
+
+
+@pytest.mark.parametrize("shape", TRITON_SHAPES)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_matches_float64(target, shape):
+    inputs, scalars = triton_case(shape, target.device)
+    check_triton_op(audio_squeeze_stats, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_non_contiguous_inputs(target):
+    inputs, scalars = triton_case(TRITON_SHAPES[0], target.device)
+    inputs[0] = inputs[0].transpose(1, 2).contiguous().transpose(1, 2)
+    assert not inputs[0].is_contiguous()
+    check_triton_op(audio_squeeze_stats, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("dtype", TRITON_LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision(target, dtype, monkeypatch):
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    inputs, scalars = triton_case(TRITON_SHAPES[1], target.device)
+    check_triton_op(audio_squeeze_stats, inputs, scalars, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_opcheck(target, monkeypatch):
+    inputs, scalars = triton_case(TRITON_SHAPES[2], target.device)
+    opcheck_triton(audio_squeeze_stats, inputs, scalars, "triton_forward", monkeypatch)

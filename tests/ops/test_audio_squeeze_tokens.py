@@ -16,11 +16,16 @@ from avfused.testing import assert_matches_reference
 from tests.helpers import (
     EXT_CPU,
     EXT_CUDA,
+    TRITON,
+    TRITON_LOW_PRECISION,
+    allow_triton_low_precision_on_cpu,
     check_float64_in_float64_out,
     check_trainable_ext,
+    check_triton_op,
     check_wrapper_trains_through_cpp,
     opcheck_trainable,
-    set_cpu_lanes,
+    opcheck_triton,
+    use_cpu_lanes,
 )
 
 NAMES = ("audio", "weight", "bias", "to_one", "to_one_bias")
@@ -53,7 +58,7 @@ SHAPES = [
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_matches_float64(target, shape, lanes, monkeypatch):
-    set_cpu_lanes(lanes, monkeypatch)
+    use_cpu_lanes(monkeypatch, lanes)
     *sizes, frames, token_dim = shape
     check_trainable_ext(audio_squeeze_tokens, make_inputs(*sizes), (frames, token_dim), NAMES)
 
@@ -140,3 +145,42 @@ def test_gpu_tensors_run_the_reference(target):
     inputs = make_inputs(2, 8, 300, device="cuda")
     expected = reference.audio_squeeze_tokens(*inputs, 3, 49)
     torch.testing.assert_close(audio_squeeze_tokens.ext(*inputs, 3, 49), expected)
+
+
+# ---- triton: the interpreter here, the GPU where there is one ---------------------------------------------
+# lengths no multiple of T D, fewer positions than token values, a signal shorter than the kernel
+TRITON_SHAPES = [(3, 5, 301, 3, 33, 3, 49), (1, 8, 1100, 3, 33, 2, 49), (1, 3, 7, 3, 9, 2, 5)]
+
+
+def triton_case(shape, device):
+    *sizes, frames, token_dim = shape
+    return make_inputs(*sizes, device=device), (frames, token_dim)
+
+
+@pytest.mark.parametrize("shape", TRITON_SHAPES)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_matches_float64(target, shape):
+    inputs, scalars = triton_case(shape, target.device)
+    check_triton_op(audio_squeeze_tokens, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_non_contiguous_inputs(target):
+    inputs, scalars = triton_case(TRITON_SHAPES[0], target.device)
+    inputs[0] = inputs[0].transpose(1, 2).contiguous().transpose(1, 2)
+    assert not inputs[0].is_contiguous()
+    check_triton_op(audio_squeeze_tokens, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("dtype", TRITON_LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision(target, dtype, monkeypatch):
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    inputs, scalars = triton_case(TRITON_SHAPES[1], target.device)
+    check_triton_op(audio_squeeze_tokens, inputs, scalars, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_opcheck(target, monkeypatch):
+    inputs, scalars = triton_case(TRITON_SHAPES[2], target.device)
+    opcheck_triton(audio_squeeze_tokens, inputs, scalars, "triton_signal", monkeypatch)

@@ -19,11 +19,16 @@ from avfused.testing import assert_matches_reference, check_against_reference, c
 from tests.helpers import (
     EXT_CPU,
     EXT_CUDA,
+    TRITON,
+    TRITON_LOW_PRECISION,
+    allow_triton_low_precision_on_cpu,
     check_float64_in_float64_out,
     check_trainable_ext,
+    check_triton_op,
     check_wrapper_trains_through_cpp,
     opcheck_trainable,
-    set_cpu_lanes,
+    opcheck_triton,
+    use_cpu_lanes,
 )
 
 NAMES = ("video", "tokens", "weight", "bias", "scale")
@@ -49,7 +54,7 @@ SHAPES = [(1, 3, 5, 13, 9, 7), (3, 2, 8, 14, 14, 7), (1, 2, 3, 1, 1, 7), (3, 1, 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_matches_float64(target, shape, lanes, monkeypatch):
-    set_cpu_lanes(lanes, monkeypatch)
+    use_cpu_lanes(monkeypatch, lanes)
     check_trainable_ext(video_expand_residual, make_inputs(*shape), (shape[-1],), NAMES)
 
 
@@ -212,3 +217,42 @@ def test_layer_scaled_op_matches_the_saavm_layers(target, shape):
     names = ("video", "tokens", "expand weight", "expand bias", "layer scale")
     check_against_reference(lambda *t: fused_scatter_back(*t, window), lambda *t: module_scatter_back(*t, window),
                             inputs, names)
+
+
+# ---- triton: the interpreter here, the GPU where there is one ---------------------------------------------
+# maps the windows do not tile, a map smaller than one window, T != 10, one and three clips
+TRITON_SHAPES = [(3, 2, 5, 13, 9, 7), (1, 3, 4, 30, 33, 4), (1, 2, 3, 1, 1, 7)]
+
+
+def triton_case(shape, device):
+    return make_inputs(*shape, device=device), (shape[-1],)
+
+
+@pytest.mark.parametrize("shape", TRITON_SHAPES)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_matches_float64(target, shape):
+    inputs, scalars = triton_case(shape, target.device)
+    check_triton_op(video_expand_residual, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_non_contiguous_inputs(target):
+    inputs, scalars = triton_case(TRITON_SHAPES[0], target.device)
+    inputs[0] = inputs[0].to(memory_format=torch.channels_last)
+    inputs[1] = inputs[1].transpose(0, 1).contiguous().transpose(0, 1)
+    assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous()
+    check_triton_op(video_expand_residual, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("dtype", TRITON_LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision(target, dtype, monkeypatch):
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    inputs, scalars = triton_case(TRITON_SHAPES[1], target.device)
+    check_triton_op(video_expand_residual, inputs, scalars, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_opcheck(target, monkeypatch):
+    inputs, scalars = triton_case(TRITON_SHAPES[2], target.device)
+    opcheck_triton(video_expand_residual, inputs, scalars, "triton_forward", monkeypatch)

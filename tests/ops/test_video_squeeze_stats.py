@@ -16,7 +16,17 @@ from avfused import reference
 from avfused.errors import EmptyBatchError, InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import video_squeeze_stats, video_squeeze_tokens
 from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision, leaves
-from tests.helpers import CPU_LANES, EXT_CPU, EXT_CUDA, use_cpu_lanes
+from tests.helpers import (
+    CPU_LANES,
+    EXT_CPU,
+    EXT_CUDA,
+    TRITON,
+    TRITON_LOW_PRECISION,
+    allow_triton_low_precision_on_cpu,
+    check_triton_op,
+    opcheck_triton,
+    use_cpu_lanes,
+)
 
 NAMES = ("video", "dw_weight", "dw_bias")
 ext_ops = torch.ops.avfused_ext
@@ -256,3 +266,41 @@ def test_fused_training_squeeze_matches_the_eager_modules_in_float64(target, sha
             assert actual.abs().max() <= 1e-4 * scale, f"grad dw_bias {actual.abs().max():.3e}, not zero"
             continue
         assert_matches_reference(actual, want, name=f"grad {name}")
+
+
+# ---- triton: the interpreter here, the GPU where there is one ---------------------------------------------
+# odd maps, a 1x1 map, one and three images
+TRITON_SHAPES = [(3, 5, 13, 9), (1, 4, 30, 33), (3, 3, 1, 1)]
+
+
+def triton_case(shape, device):
+    return make_inputs(*shape, device=device), ()
+
+
+@pytest.mark.parametrize("shape", TRITON_SHAPES)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_matches_float64(target, shape):
+    inputs, scalars = triton_case(shape, target.device)
+    check_triton_op(video_squeeze_stats, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_non_contiguous_inputs(target):
+    inputs, scalars = triton_case(TRITON_SHAPES[0], target.device)
+    inputs[0] = inputs[0].to(memory_format=torch.channels_last)
+    assert not inputs[0].is_contiguous()
+    check_triton_op(video_squeeze_stats, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("dtype", TRITON_LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision(target, dtype, monkeypatch):
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    inputs, scalars = triton_case(TRITON_SHAPES[1], target.device)
+    check_triton_op(video_squeeze_stats, inputs, scalars, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_opcheck(target, monkeypatch):
+    inputs, scalars = triton_case(TRITON_SHAPES[2], target.device)
+    opcheck_triton(video_squeeze_stats, inputs, scalars, "triton_forward", monkeypatch)

@@ -19,8 +19,13 @@ from tests.helpers import (
     CPU_LANES,
     EXT_CPU,
     EXT_CUDA,
+    TRITON,
+    TRITON_LOW_PRECISION,
+    allow_triton_low_precision_on_cpu,
     check_float64_in_float64_out,
+    check_triton_op,
     float64_reference,
+    opcheck_triton,
     use_cpu_lanes,
 )
 
@@ -220,3 +225,42 @@ def test_gpu_opcheck(target):
     inputs = make_inputs(2, 2, 3, 5, 6, device="cuda")
     grad = torch.randn(2, 2 * 2 * 2, 16, device="cuda")
     torch.library.opcheck(ext_ops.video_squeeze_tokens_backward.default, [grad, *inputs, 2, 4])
+
+
+# ---- triton: the interpreter here, the GPU where there is one ---------------------------------------------
+# maps the windows do not tile, a map smaller than one window, T != 10, one and three clips
+TRITON_SHAPES = [(3, 2, 5, 13, 9, 7), (1, 3, 4, 30, 33, 4), (1, 2, 3, 1, 1, 7)]
+
+
+def triton_case(shape, device):
+    *sizes, window = shape
+    return make_inputs(*sizes, device=device), (sizes[1], window)
+
+
+@pytest.mark.parametrize("shape", TRITON_SHAPES)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_matches_float64(target, shape):
+    inputs, scalars = triton_case(shape, target.device)
+    check_triton_op(video_squeeze_tokens, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_non_contiguous_inputs(target):
+    inputs, scalars = triton_case(TRITON_SHAPES[0], target.device)
+    inputs[0] = inputs[0].to(memory_format=torch.channels_last)
+    assert not inputs[0].is_contiguous()
+    check_triton_op(video_squeeze_tokens, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("dtype", TRITON_LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_low_precision(target, dtype, monkeypatch):
+    allow_triton_low_precision_on_cpu(monkeypatch, target.device)
+    inputs, scalars = triton_case(TRITON_SHAPES[1], target.device)
+    check_triton_op(video_squeeze_tokens, inputs, scalars, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [TRITON])
+def test_triton_opcheck(target, monkeypatch):
+    inputs, scalars = triton_case(TRITON_SHAPES[2], target.device)
+    opcheck_triton(video_squeeze_tokens, inputs, scalars, "triton_forward", monkeypatch)
