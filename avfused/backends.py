@@ -234,9 +234,10 @@ def resolve_op_backend(op: str, argument: str | None, device: torch.device | str
 
 
 def op_backends(device: torch.device | str, training: bool = False) -> dict[str, str]:
-    """Each fused op mapped to the backend ``auto`` runs it on, on ``device`` (inference, or ``training``)."""
+    """Each fused op (and each of LAYER_OPS) mapped to the backend ``auto`` runs it on, on ``device`` (inference,
+    or ``training``)."""
     device = torch.device(device)
-    return {op: _auto_choice(op, device, training) or "torch" for op in FUSED_OPS}
+    return {op: _auto_choice(op, device, training) or "torch" for op in FUSED_OPS + LAYER_OPS}
 
 
 def _how_to_get(name: str) -> str:

@@ -61,10 +61,10 @@ def test_auto_trains_on_the_cpu_with_the_cpp_ops_that_measured_faster(monkeypatc
     from avfused.ops import audio_frontend_stem, conv_mlp, large_kernel_attention
 
     monkeypatch.setattr(backends, "unavailable_reason", lambda name, device=None: None)  # every backend "runs"
-    assert backends.op_backends("cpu") == dict.fromkeys(backends.FUSED_OPS, "cuda")
+    assert backends.op_backends("cpu") == dict.fromkeys(backends.FUSED_OPS + backends.LAYER_OPS, "cuda")
     assert backends.op_backends("cpu", training=True) == {
         "audio_frontend_stem": "cuda", "joint_token_attention": "torch", "large_kernel_attention": "cuda",
-        "conv_mlp": "cuda",
+        "conv_mlp": "cuda", **dict.fromkeys(backends.LAYER_OPS, "cuda"),
     }  # fmt: skip
     for module in (audio_frontend_stem, large_kernel_attention, conv_mlp):
         assert backends.get_op(module.OP, "auto", "cpu", training=True) is module.ext
@@ -130,7 +130,7 @@ def test_auto_sends_each_op_to_the_first_backend_that_has_it(monkeypatch):
     assert backends.get_op("conv_mlp", "auto", "cpu") is reference.conv_mlp  # on the CPU auto tries only cuda
     assert backends.op_backends("cpu") == {
         "audio_frontend_stem": "cuda", "joint_token_attention": "cuda", "large_kernel_attention": "cuda",
-        "conv_mlp": "torch",
+        "conv_mlp": "torch", **dict.fromkeys(backends.LAYER_OPS, "cuda"),
     }
 
 
@@ -165,3 +165,23 @@ print("compiled")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-2000:]
+
+
+def test_the_saavm_runs_its_fused_layers_only_where_its_backend_has_all_of_them(monkeypatch):
+    """optional_module_op: auto's choice, a forced backend where it has the op, else None (the plain layers);
+    a forced backend lacking a layer op is no error."""
+    from avfused.nn.saavm import SAAVM, token_count
+    from avfused.ops import video_expand_residual
+
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device=None: None)  # every backend "runs"
+    saavm = SAAVM(4, 2, token_count(2, 7, 7)).train()
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert backends.optional_module_op("video_expand_residual", saavm, cpu) is video_expand_residual.ext
+    saavm.backend = "triton"
+    assert backends.optional_module_op("video_expand_residual", saavm, cpu) is video_expand_residual.triton
+    saavm.backend = "torch"
+    assert backends.optional_module_op("video_expand_residual", saavm, cpu) is None
+    saavm.backend = "cuda"
+    assert backends.optional_module_op("video_expand_residual", saavm, gpu) is None  # no CUDA kernel routed yet
+    saavm.backend = "auto"
+    assert backends.optional_module_op("video_expand_residual", saavm, gpu) is video_expand_residual.triton
