@@ -19,6 +19,8 @@ may be prefetched across a barrier. Where maps are small, a tile holds several w
     slot_pixels(tile_h, tile_w, halo, height, width)     pixels of one clipped halo region, at most
     saved_bytes(*tensors) -> the budget: what the forward saved
     persistent_plan(n_tiles, device, scratch_bytes, partial_bytes, budget_bytes) -> (G, partial slots)
+    the SAAVM's map kernels: depthwise3x3_at, token_slot (jit); map_blocks, sum_partials / split_sums (the
+        programs' fp32 partial sums in float64), merge_moments (block means and squared deviations merged)
 """
 
 from __future__ import annotations
@@ -180,3 +182,28 @@ def sum_partials(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def split_sums(partials: torch.Tensor, sizes: list[int], dtype: torch.dtype) -> list[torch.Tensor]:
     """sum_partials cut into ``sizes``, each in its own memory (a custom op's outputs may not alias)."""
     return [part.to(dtype) for part in partials.double().sum(dim=0).split(sizes)]
+
+
+def merge_moments(partials: torch.Tensor, items: int, length: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, biased var) (C,) float32 over ``items`` x ``length`` values per channel from the programs' blocks:
+    ``partials`` (items * blocks, 2, C) holds each block's mean and sum of squared deviations (blocks of
+    ``block`` values along ``length``, the last one shorter), merged in float64 (Chan's pairwise update), so the
+    variance never comes from E[z^2] - E[z]^2."""
+    blocks = triton.cdiv(length, block)
+    counts = torch.full((blocks,), float(block), dtype=torch.float64, device=partials.device)
+    counts[-1] = length - (blocks - 1) * block
+    counts = counts.repeat(items)[:, None]
+    means, squares = partials.double().unbind(dim=1)
+    total = float(items * length)
+    mean = (counts * means).sum(dim=0) / total
+    var = (squares + counts * (means - mean) ** 2).sum(dim=0) / total
+    return mean.float(), var.float()
+
+
+def map_blocks(channels: int, pixels: int, device: torch.device) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_P) of the SAAVM's map kernels: GPU tiles of 16 channels x 128 pixels; under the
+    interpreter a whole map and up to 64 channels in one step (each Triton op costs it the same, whatever its
+    size)."""
+    if device.type == "cuda":
+        return 16, 128
+    return min(64, triton.next_power_of_2(channels)), min(4096, triton.next_power_of_2(pixels))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from avfused.kernels._common import dot, dot_kind, sum_partials
+from avfused.kernels._common import dot, dot_kind, merge_moments, sum_partials
 
 
 @triton.jit
@@ -120,14 +120,7 @@ def launch_forward(audio: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     partials = torch.empty(clips * n_blocks, 2, channels, device=audio.device, dtype=torch.float32)
     _forward_kernel[(clips, n_blocks)](audio, weight, bias, partials, channels, length,
                                        BLOCK_C=block_c, BLOCK_L=block_l, DOT=dot_kind(audio.dtype, audio.device))
-    counts = torch.full((n_blocks,), float(block_l), dtype=torch.float64, device=audio.device)
-    counts[-1] = length - (n_blocks - 1) * block_l
-    counts = counts.repeat(clips)[:, None]
-    means, squares = partials.double().unbind(dim=1)
-    total = float(clips * length)
-    mean = (counts * means).sum(dim=0) / total
-    var = (squares + counts * (means - mean) ** 2).sum(dim=0) / total
-    return mean.float(), var.float()
+    return merge_moments(partials, clips, length, block_l)
 
 
 def launch_backward(d_mean: torch.Tensor, d_var: torch.Tensor, audio: torch.Tensor, weight: torch.Tensor,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from avfused.kernels._common import split_sums, token_slot
+from avfused.kernels._common import map_blocks, split_sums, token_slot
 
 
 @triton.jit
@@ -106,19 +106,11 @@ def _backward_kernel(
     tl.store(d_tokens_ptr + slot, tl.where(pixel_ok, d_map, 0.0).to(d_tokens_ptr.dtype.element_ty), mask=grid_ok)
 
 
-def _blocks(channels: int, pixels: int, device: torch.device) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_P): GPU tiles of 16 channels x 128 pixels; under the interpreter a whole map and up to
-    64 channels in one step."""
-    if device.type == "cuda":
-        return 16, 128
-    return min(64, triton.next_power_of_2(channels)), min(4096, triton.next_power_of_2(pixels))
-
-
 def launch_forward(video: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    scale: torch.Tensor, window: int) -> torch.Tensor:
     images, channels, height, width = video.shape
     rows, cols = triton.cdiv(height, window), triton.cdiv(width, window)
-    block_c, block_p = _blocks(channels, height * width, video.device)
+    block_c, block_p = map_blocks(channels, height * width, video.device)
     out = torch.empty_like(video)
     _forward_kernel[(images, triton.cdiv(height * width, block_p))](
         video, tokens, weight, bias, scale, out, channels, height, width, rows, cols,
@@ -132,7 +124,7 @@ def launch_backward(grad: torch.Tensor, video: torch.Tensor, tokens: torch.Tenso
     images, channels, height, width = video.shape
     rows, cols = triton.cdiv(height, window), triton.cdiv(width, window)
     grid_pixels = rows * cols * window * window
-    block_c, block_p = _blocks(channels, grid_pixels, video.device)
+    block_c, block_p = map_blocks(channels, grid_pixels, video.device)
     grid = (images, triton.cdiv(grid_pixels, block_p))
     d_video = torch.empty_like(video)
     d_tokens = torch.empty_like(tokens)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from avfused.kernels._common import depthwise3x3_at, sum_partials
+from avfused.kernels._common import depthwise3x3_at, map_blocks, merge_moments, sum_partials
 
 
 @triton.jit
@@ -94,30 +94,14 @@ def _backward_kernel(
                  mask=chan_ok[:, None] & pixel_ok[None, :])
 
 
-def _blocks(channels: int, pixels: int, device: torch.device) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_P): GPU tiles of 16 channels x 128 pixels; under the interpreter a whole map and up to
-    64 channels in one step."""
-    if device.type == "cuda":
-        return 16, 128
-    return min(64, triton.next_power_of_2(channels)), min(4096, triton.next_power_of_2(pixels))
-
-
 def launch_forward(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     images, channels, height, width = x.shape
-    block_c, block_p = _blocks(channels, height * width, x.device)
+    block_c, block_p = map_blocks(channels, height * width, x.device)
     blocks = triton.cdiv(height * width, block_p)
     partials = torch.empty(images * blocks, 2, channels, device=x.device, dtype=torch.float32)
     _forward_kernel[(images, blocks)](x, dw_w, dw_b, partials, channels, height, width,
                                       BLOCK_C=block_c, BLOCK_P=block_p)
-    # Chan's merge in float64: the blocks' counts (every image's blocks alike), means, squared deviations
-    counts = torch.full((blocks,), float(block_p), dtype=torch.float64, device=x.device)
-    counts[-1] = height * width - (blocks - 1) * block_p
-    counts = counts.repeat(images)[:, None]
-    means, squares = partials.double().unbind(dim=1)
-    total = float(images * height * width)
-    mean = (counts * means).sum(dim=0) / total
-    var = (squares + counts * (means - mean) ** 2).sum(dim=0) / total
-    return mean.float(), var.float()
+    return merge_moments(partials, images, height * width, block_p)
 
 
 def launch_backward(d_mean: torch.Tensor, d_var: torch.Tensor, x: torch.Tensor, dw_w: torch.Tensor,
@@ -125,7 +109,7 @@ def launch_backward(d_mean: torch.Tensor, d_var: torch.Tensor, x: torch.Tensor, 
     images, channels, height, width = x.shape
     total = images * height * width
     coef = torch.stack([d_mean / total, 2.0 * d_var / total, mean]).float().contiguous()
-    block_c, block_p = _blocks(channels, height * width, x.device)
+    block_c, block_p = map_blocks(channels, height * width, x.device)
     grid = (images, triton.cdiv(height * width, block_p))
     dx = torch.empty_like(x)
     partials = torch.empty(grid[0] * grid[1], 9 * channels, device=x.device, dtype=torch.float32)

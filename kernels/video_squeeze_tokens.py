@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from avfused.kernels._common import depthwise3x3_at, split_sums, token_slot
+from avfused.kernels._common import depthwise3x3_at, map_blocks, split_sums, token_slot
 
 
 @triton.jit
@@ -108,14 +108,6 @@ def _backward_kernel(
                  mask=chan_ok[:, None] & pixel_ok[None, :])
 
 
-def _blocks(channels: int, pixels: int, device: torch.device) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_P): GPU tiles of 16 channels x 128 pixels; under the interpreter a whole map and up to
-    64 channels in one step (each Triton op costs it the same, whatever its size)."""
-    if device.type == "cuda":
-        return 16, 128
-    return min(64, triton.next_power_of_2(channels)), min(4096, triton.next_power_of_2(pixels))
-
-
 def _grid_sizes(height: int, width: int, window: int) -> tuple[int, int]:
     return triton.cdiv(height, window), triton.cdiv(width, window)
 
@@ -125,7 +117,7 @@ def launch_forward(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, w: t
     images, channels, height, width = x.shape
     rows, cols = _grid_sizes(height, width, window)
     out = torch.empty(images * rows * cols, window * window, device=x.device, dtype=x.dtype)
-    block_c, block_p = _blocks(channels, rows * cols * window * window, x.device)
+    block_c, block_p = map_blocks(channels, rows * cols * window * window, x.device)
     grid = (images, triton.cdiv(rows * cols * window * window, block_p))
     _forward_kernel[grid](x, dw_w, dw_b, w, b, out, channels, height, width, rows, cols,
                           WINDOW=window, BLOCK_C=block_c, BLOCK_P=block_p)
@@ -136,7 +128,7 @@ def launch_backward(grad_tokens: torch.Tensor, x: torch.Tensor, dw_w: torch.Tens
                     w: torch.Tensor, window: int) -> tuple[torch.Tensor, ...]:
     images, channels, height, width = x.shape
     rows, cols = _grid_sizes(height, width, window)
-    block_c, block_p = _blocks(channels, height * width, x.device)
+    block_c, block_p = map_blocks(channels, height * width, x.device)
     grid = (images, triton.cdiv(height * width, block_p))
     dx = torch.empty_like(x)
     partials = torch.empty(grid[0] * grid[1], 11 * channels + 1, device=x.device, dtype=torch.float32)
