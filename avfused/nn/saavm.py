@@ -7,11 +7,12 @@ window x window patches (zero-padded to a multiple of the window, see ModelConfi
 token per frame. All tokens attend to each other in one head (``joint_token_attention``), and the
 result is spread back with a 1 -> C convolution, scaled by a layer scale, and added to each modality.
 
-Where the module's backend has the ops that fuse the squeeze and spread-back layers (avfused.backends
-LAYER_OPS: the extension's C++ CPU kernels), they run instead of the layers: the batch norms of the squeeze
-convolutions are folded into them from the batch's statistics (computed by ``*_squeeze_stats`` without
-writing the convolution's output) in training, from the running ones in eval, and the running statistics
-are updated as nn.BatchNorm updates them. Same function, same gradients, no (B, C, T, H, W) hidden layer.
+Where the module's backend has all the ops that fuse the squeeze and spread-back layers on that device
+(avfused.backends LAYER_OPS: C++ CPU and Triton kernels, CUDA for the video squeeze), they run instead:
+the batch norms of the squeeze convolutions are folded into them from the batch's statistics (computed by
+``*_squeeze_stats`` without writing the convolution's output) in training, from the running ones in eval,
+and the running statistics are updated as nn.BatchNorm updates them. Same function, same gradients, no
+(B, C, T, H, W) hidden layer.
 """
 
 from __future__ import annotations
@@ -147,8 +148,7 @@ def _batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm, batch_statistics, 
     """(scale, shift) (C,) with norm(z) = scale z + shift, as nn.BatchNorm computes it: from
     ``batch_statistics()`` (mean, biased variance over ``count`` values per channel) in training, and then
     the running statistics updated as nn.BatchNorm updates them; from the running statistics in eval."""
-    use_batch = norm.training or norm.running_mean is None
-    if use_batch:
+    if norm.training or norm.running_mean is None:
         if norm.training and count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got {count} ({norm})")
         mean, var = batch_statistics()
