@@ -93,8 +93,7 @@ def _triton_setup_context(ctx, inputs, output) -> None:
 
 def _triton_autograd(ctx, grad_mean, grad_var):
     audio, weight, bias, mean = ctx.saved_tensors
-    grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean.float().contiguous()
-    grad_var = torch.zeros_like(mean) if grad_var is None else grad_var.float().contiguous()
+    grad_mean, grad_var = grad_mean.float().contiguous(), grad_var.float().contiguous()  # zeros where unused
     return triton_backward(grad_mean, grad_var, audio, weight, bias, mean)
 
 
