@@ -115,7 +115,10 @@ def test_gradient_reaches_every_parameter():
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, missing
-    zero = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0]
+    # a bias right before a training-mode batch norm: the batch mean takes it away again (zero in exact
+    # arithmetic, so it may come out exactly zero)
+    cancelled = (".saavm.video_squeeze.0.bias", ".saavm.audio_squeeze.0.bias")
+    zero = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0 and not n.endswith(cancelled)]
     assert not zero, zero
 
 
