@@ -58,6 +58,20 @@ def test_preemphasis_and_norm_matches_its_definition():
     torch.testing.assert_close(out, expected)
 
 
+def test_frame_mix_images_layout_matches_its_definition():
+    """to_images / from_images: out[:, :, s] = sum_t W[s, t] x[:, :, t], in float64 from the definition."""
+    mix = FrameMix(3).double()
+    with torch.no_grad():
+        mix.weight.normal_()
+    x = torch.randn(2, 5, 3, 4, 7, dtype=torch.float64)
+    expected = torch.einsum("st,bcthw->bcshw", mix.weight, x)
+    images = mix.to_images(x)
+    assert images.shape == (6, 5, 4, 7)
+    torch.testing.assert_close(images, expected.transpose(1, 2).reshape(6, 5, 4, 7))
+    back = mix.from_images(x.transpose(1, 2).reshape(6, 5, 4, 7), batch=2)
+    torch.testing.assert_close(back, expected)
+    torch.testing.assert_close(mix(x), expected)
+
 def test_vpm_parts_keep_shapes():
     x = torch.randn(2, 6, 3, 9, 11)
     assert FrameMix(3)(x).shape == x.shape

@@ -22,6 +22,7 @@ from torch import nn
 
 from avfused import backends, reference
 from avfused.errors import InputShapeError
+from avfused.nn.batch_norm_fold import batch_norm_affine
 from avfused.nn.layers import LayerScale
 
 
@@ -120,13 +121,13 @@ class SAAVM(nn.Module):
         images = video.transpose(1, 2).reshape(batch * frames, channels, height, width)  # the ops' (B*T, C, H, W)
         dw, dw_norm, _, to_one = self.video_squeeze
         dw_weight = dw.weight[:, :, 0]
-        scale, shift = _batch_norm_affine(dw_norm, lambda: ops["video_squeeze_stats"](images, dw_weight, dw.bias),
+        scale, shift = batch_norm_affine(dw_norm, lambda: ops["video_squeeze_stats"](images, dw_weight, dw.bias),
                                           images.numel() // channels)
         video_tokens = ops["video_squeeze_tokens"](images, dw_weight * scale[:, None, None, None],
                                                    dw.bias * scale + shift, to_one.weight.flatten(1), to_one.bias,
                                                    frames, self.window)
         conv, conv_norm, _, audio_to_one = self.audio_squeeze
-        scale, shift = _batch_norm_affine(conv_norm, lambda: ops["audio_squeeze_stats"](audio, conv.weight, conv.bias),
+        scale, shift = batch_norm_affine(conv_norm, lambda: ops["audio_squeeze_stats"](audio, conv.weight, conv.bias),
                                           audio.numel() // channels)
         audio_tokens = ops["audio_squeeze_tokens"](audio, conv.weight * scale[:, None, None], conv.bias * scale + shift,
                                                    audio_to_one.weight, audio_to_one.bias, frames,
@@ -142,27 +143,3 @@ class SAAVM(nn.Module):
                                              self.audio_expand.bias * audio_scale, ones)
         return images.reshape(batch, frames, channels, height, width).transpose(1, 2), audio
 
-
-def _batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm, batch_statistics, count: int
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) (C,) with norm(z) = scale z + shift, as nn.BatchNorm computes it: from
-    ``batch_statistics()`` (mean, biased variance over ``count`` values per channel) in training, and then
-    the running statistics updated as nn.BatchNorm updates them; from the running statistics in eval."""
-    if norm.training or norm.running_mean is None:
-        if norm.training and count <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got {count} ({norm})")
-        mean, var = batch_statistics()
-        if norm.training and norm.track_running_stats:
-            with torch.no_grad():
-                norm.num_batches_tracked.add_(1)
-                factor = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
-                norm.running_mean.lerp_(mean.detach().to(norm.running_mean.dtype), factor)
-                unbiased = var.detach() * (count / (count - 1))
-                norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), factor)
-    else:
-        mean, var = norm.running_mean, norm.running_var
-    scale = torch.rsqrt(var + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -mean * scale if norm.bias is None else norm.bias - mean * scale
-    return scale, shift

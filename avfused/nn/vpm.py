@@ -7,9 +7,11 @@ All modules take video features (B, C, T, H, W) unless noted; the per-frame part
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from avfused import backends
+from avfused.nn.batch_norm_fold import pointwise_after_norm
 from avfused.nn.layers import DropPath, LayerScale
 
 
@@ -28,6 +30,19 @@ class FrameMix(nn.Module):
         batch, channels, frames, height, width = x.shape
         mixed = torch.matmul(self.weight, x.reshape(batch * channels, frames, height * width))
         return mixed.reshape(batch, channels, frames, height, width)
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """forward(x) laid out as (B*T, C, H, W) images: one W @ (T, C*H*W) product per clip, straight into
+        the per-frame layout (no transpose copy after it)."""
+        batch, channels, frames, height, width = x.shape
+        mixed = torch.matmul(self.weight, x.transpose(1, 2).reshape(batch, frames, -1))
+        return mixed.reshape(batch * frames, channels, height, width)
+
+    def from_images(self, images: torch.Tensor, batch: int) -> torch.Tensor:
+        """forward of (B*T, C, H, W) images back in (B, C, T, H, W) (a view of the (B, T, C, H, W) product)."""
+        _, channels, height, width = images.shape
+        mixed = torch.matmul(self.weight, images.reshape(batch, -1, channels * height * width))
+        return mixed.reshape(batch, -1, channels, height, width).transpose(1, 2)
 
 
 class LargeKernelAttention(nn.Module):
@@ -58,23 +73,29 @@ class ConvMLP(nn.Module):
         self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.project = nn.Conv2d(hidden, channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: nn.modules.batchnorm._BatchNorm | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        """MLP(x); with ``norm``, MLP(norm(x)), the batch norm folded into the expansion; with ``scale`` (C,),
+        scale * MLP(.), the scale folded into the projection (neither norm(x) nor the unscaled MLP in memory)."""
         op = backends.module_op("conv_mlp", self, x.device)
-        return op(
-            x,
-            self.expand.weight,
-            self.expand.bias,
-            self.dw.weight,
-            self.dw.bias,
-            self.project.weight,
-            self.project.bias,
-        )
+        expand_weight, expand_bias = self.expand.weight, self.expand.bias
+        if norm is not None:
+            expand_weight, expand_bias = pointwise_after_norm(norm, expand_weight, expand_bias, x)
+        project_weight, project_bias = self.project.weight, self.project.bias
+        if scale is not None:
+            project_weight, project_bias = project_weight * scale.reshape(-1, 1, 1, 1), project_bias * scale
+        return op(x, expand_weight, expand_bias, self.dw.weight, self.dw.bias, project_weight, project_bias)
 
 
 class VPM(nn.Module):
     """Frame fusion, then per frame: x + ls1 * 1x1(LKA(ReLU(1x1(BN(x))))), x + ls2 * MLP(BN(x)); un-fusion.
 
     forward(x (B, C, T, H, W)) -> (B, C, T, H, W).
+
+    Where the conv MLP runs a fused backend, both batch norms are folded into the 1x1 convolutions after them
+    (batch statistics in training, running ones in eval; avfused.nn.batch_norm_fold) and both layer scales into
+    the 1x1 convolutions before them: same function and gradients, and four of the (B*T, C, H, W) maps the
+    plain layers keep for the backward are neither written nor kept.
     """
 
     def __init__(
@@ -100,11 +121,23 @@ class VPM(nn.Module):
         self.unfuse = FrameMix(frames)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, frames, height, width = x.shape
-        x = self.fuse(x)
-        y = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
-        p = torch.relu(self.proj_in(self.norm1(y)))
-        y = y + self.drop(self.scale1(self.proj_out(self.attention(p))), frames)
-        y = y + self.drop(self.scale2(self.mlp(self.norm2(y))), frames)
-        x = y.reshape(batch, frames, channels, height, width).transpose(1, 2)
-        return self.unfuse(x)
+        batch, frames = x.shape[0], x.shape[2]
+        y = self.fuse.to_images(x)
+        if self._folds(y.device):
+            p = torch.relu(F.conv2d(y, *pointwise_after_norm(self.norm1, self.proj_in.weight, self.proj_in.bias, y)))
+            scale = self.scale1.scale
+            attention = F.conv2d(self.attention(p), self.proj_out.weight * scale.reshape(-1, 1, 1, 1),
+                                 self.proj_out.bias * scale)
+            y = y + self.drop(attention, frames)
+            y = y + self.drop(self.mlp(y, self.norm2, self.scale2.scale), frames)
+        else:
+            p = torch.relu(self.proj_in(self.norm1(y)))
+            y = y + self.drop(self.scale1(self.proj_out(self.attention(p))), frames)
+            y = y + self.drop(self.scale2(self.mlp(self.norm2(y))), frames)
+        return self.unfuse.from_images(y, batch)
+
+    def _folds(self, device: torch.device) -> bool:
+        """Whether the batch norms and layer scales fold: where the conv MLP runs fused (the torch backend keeps
+        the plain layers)."""
+        training = self.training and torch.is_grad_enabled()
+        return backends.resolve_op_backend("conv_mlp", self.mlp.backend, device, training) != "torch"
