@@ -1,4 +1,4 @@
-"""The calibrated decision: training picks the threshold of maximal balanced accuracy on the validation videos
+"""The calibrated decision: training picks the threshold of maximal smoothed balanced accuracy on the validation videos
 and stores it in the checkpoint; detect uses it by default (--threshold overrides, old checkpoints fall back
 to 0.5 with a note); eval reports ACC at it beside ACC@0.5."""
 
@@ -27,36 +27,66 @@ def balanced_accuracy(labels, scores, threshold):
     return (np.mean(~fake[labels == 0]) + np.mean(fake[labels == 1])) / 2
 
 
-def best_balanced_accuracy(labels, scores):
-    candidates = np.r_[np.unique(scores), np.inf]
-    return max(balanced_accuracy(labels, scores, t) for t in candidates)
+def raw_best_threshold(labels, scores):
+    """Oracle of the unsmoothed rule: the midpoint between adjacent distinct scores of maximal balanced accuracy."""
+    distinct = np.unique(scores)
+    candidates = np.r_[distinct[0], (distinct[1:] + distinct[:-1]) / 2, np.nextafter(distinct[-1], np.inf)]
+    accuracy = np.array([balanced_accuracy(labels, scores, t) for t in candidates])
+    best = np.flatnonzero(accuracy >= accuracy.max() - 1e-12)
+    return candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]]
+
+
+def normal_logits(rng, count, fake_share, separation, shift=0.0):
+    """(labels, scores): logits of N(+-separation / 2 + shift, 1) for fakes / reals, through a sigmoid."""
+    labels = (rng.random(count) < fake_share).astype(int)
+    logits = np.where(labels == 1, separation / 2, -separation / 2) + shift + rng.standard_normal(count)
+    return labels, 1 / (1 + np.exp(-logits))
 
 
 def test_balanced_accuracy_not_plain_accuracy_picks_the_threshold():
-    """20 fakes, 5 reals: a threshold of 0.605 and one of 0.66 both get 24 of 25 right, but only 0.66 keeps
-    every real video real (balanced accuracy 0.975 against 0.9)."""
-    reals = [0.52, 0.55, 0.58, 0.60, 0.62]
-    fakes = [0.61] + [0.7 + 0.01 * i for i in range(19)]
-    labels, scores = [0] * 5 + [1] * 20, reals + fakes
+    """80 % fakes: balanced accuracy's optimum stays midway between the classes (logit `shift`), where plain
+    accuracy's moves ln(4) / 3 = 0.46 towards the reals."""
+    labels, scores = normal_logits(np.random.default_rng(0), 8000, 0.8, separation=3.0, shift=0.7)
     threshold, balanced = choose_threshold(labels, scores)
-    assert threshold == pytest.approx(0.66)  # midway between the top real (0.62) and the next fake (0.70)
-    assert balanced == pytest.approx(0.975)
+    assert np.log(threshold / (1 - threshold)) == pytest.approx(0.7, abs=0.12)
+    assert balanced == pytest.approx(balanced_accuracy(labels, scores, threshold), abs=1e-12)
 
 
 def test_ties_go_to_the_threshold_nearest_one_half():
-    # balanced accuracy 0.75 for thresholds in (0.4, 0.9] and in (0.1, 0.3]: the middles 0.65 and 0.2
-    assert choose_threshold([0, 0, 1, 1], [0.1, 0.4, 0.3, 0.9]) == (pytest.approx(0.65), 0.75)
+    # symmetric about 0.5 in logit space: every cut between the classes is as good; 0.5 is among them
+    assert choose_threshold([0, 0, 1, 1], [0.2, 0.2, 0.8, 0.8]) == (0.5, 1.0)
+    assert choose_threshold([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0]) == (0.5, 1.0)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_the_chosen_threshold_maximises_balanced_accuracy(seed):
+@pytest.mark.parametrize("seed", range(3))
+def test_the_reported_balanced_accuracy_is_the_one_at_the_threshold(seed):
     rng = np.random.default_rng(seed)
     labels = (rng.random(60) < 0.8).astype(int)
-    scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).round(2)  # ties on purpose
+    scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).round(2)  # ties and exact 0 / 1 on purpose
     threshold, balanced = choose_threshold(labels, scores)
-    assert balanced_accuracy(labels, scores, threshold) == pytest.approx(balanced, abs=1e-12)
-    assert balanced == pytest.approx(best_balanced_accuracy(labels, scores), abs=1e-12)
-    assert threshold not in set(scores.tolist()) or threshold == scores.min()
+    assert 0.0 < threshold < 1.0
+    assert balanced == pytest.approx(balanced_accuracy(labels, scores, threshold), abs=1e-12)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.6])
+def test_smoothing_beats_the_raw_maximum_on_a_small_validation_split(shift):
+    """104 validation videos, the threshold judged on 3000 new ones from the same classes (optimum at 0.5, or
+    moved by a logit shift): over 120 draws the smoothed rule's mean balanced accuracy beats the raw maximum's."""
+    rng = np.random.default_rng(1)
+    smoothed, raw = [], []
+    for _ in range(120):
+        labels, scores = normal_logits(rng, 104, 0.5, 3.0, shift)
+        test_labels, test_scores = normal_logits(rng, 3000, 0.5, 3.0, shift)
+        smoothed.append(balanced_accuracy(test_labels, test_scores, choose_threshold(labels, scores)[0]))
+        raw.append(balanced_accuracy(test_labels, test_scores, raw_best_threshold(labels, scores)))
+    assert np.mean(smoothed) > np.mean(raw) + 1e-3
+
+
+def test_choose_threshold_names_what_it_needs():
+    with pytest.raises(ValueError, match="real and fake"):
+        choose_threshold([1, 1], [0.2, 0.9])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        choose_threshold([0, 1], [-3.0, 2.0])
 
 
 def _predictions(labels, scores, visual_labels=None):
@@ -105,8 +135,7 @@ def test_training_stores_the_validation_threshold_in_the_checkpoint(tmp_path):
     scores = video_level(predict(model, val_set, progress=False))
     for head, label in (("clip", scores.label), ("visual", scores.visual_label), ("audio", scores.audio_label)):
         threshold = calibration["thresholds"][head]
-        best = best_balanced_accuracy(label, scores.scores[head])
-        assert balanced_accuracy(label, scores.scores[head], threshold) == pytest.approx(best, abs=1e-6), head
+        assert threshold == pytest.approx(choose_threshold(label, scores.scores[head])[0], abs=1e-4), head
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
     assert history[0]["val_clip_threshold"] == calibration["thresholds"]["clip"]
     decision = decision_threshold(tmp_path / BEST)

@@ -9,7 +9,7 @@ AugmentedDataset (augmentation seeded per clip). Files written to ``out_dir``:
     best.safetensors  the epoch with the best validation clip AUC, then ACC (the lowest training loss
                       without a val set)
     Each checkpoint carries the decision thresholds chosen on its epoch's validation videos
-    (avfused.calibration: max balanced accuracy per head), which `avfused detect` uses.
+    (avfused.calibration: max smoothed balanced accuracy per head), which `avfused detect` uses.
     metrics.csv / metrics.json   one row per epoch: losses, learning rate, throughput, val metrics
 A folder that already holds a run is refused unless the run resumes from its own checkpoint or
 ``overwrite`` is set (which deletes the old run's files first).
