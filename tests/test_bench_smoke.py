@@ -190,6 +190,23 @@ def test_compare_script_reads_the_json_rows(quick_run, capsys):
     assert "0 regression(s)" in capsys.readouterr().out
 
 
+def test_gpu_kernels_once_inputs_fit_every_op():
+    """The sanitizer's script (benchmarks/gpu_kernels_once.py) covers every fused and layer op with inputs the
+    ops accept: run here through the extension's C++ kernels, forward and backward, batch 1 and 3."""
+    spec = importlib.util.spec_from_file_location("gpu_kernels_once", ROOT / "benchmarks" / "gpu_kernels_once.py")
+    once = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(once)
+    assert set(once.OPS) == set(backends.FUSED_OPS + backends.LAYER_OPS)
+    for op in once.OPS:
+        module = importlib.import_module(f"avfused.ops.{op}")
+        for batch in (1, 3):
+            tensors, arguments = once._inputs(op, batch)
+            inputs = [t.requires_grad_() for t in tensors]
+            out = module.ext(*inputs, *arguments, **once.KWARGS.get(op, {}))
+            outputs = out if isinstance(out, tuple) else (out,)
+            sum(o.square().sum() for o in outputs).backward()
+            assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in inputs), op
+
 def _row(variant: str, median: float, peak: float, mode: str = "train_step", batch: int = 8, subject: str = "model"):
     return Row(subject, mode, batch, variant, variant, "ok", median_ms=median, peak_mib=peak)
 
