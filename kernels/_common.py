@@ -152,18 +152,41 @@ def persistent_plan(
 # the SAAVM's maps: a depthwise 3x3 at shifted pixels, and where a map pixel sits among the tokens
 # ---------------------------------------------------------------------------------------------
 @triton.jit
+def shifted(row, col, ok, dr, dc, H, W):
+    """The pixels (row + dr, col + dc) and which of them are asked for (``ok``) and inside the (H, W) map."""
+    r = row + dr
+    c = col + dc
+    return r, c, ok & (r >= 0) & (r < H) & (c >= 0) & (c < W)
+
+
+@triton.jit
+def tap_weight_gradient(planes, part, chans, chan_ok, d_z, row, col, ok, dr, dc, tap, H, W):
+    """part[c * 9 + tap] = sum over the pixels of d_z(p) x(p + tap): one tap's depthwise weight gradient."""
+    r, c, inside = shifted(row, col, ok, dr, dc, H, W)
+    x = tl.load(planes + (r * W + c)[None, :], mask=chan_ok[:, None] & inside[None, :], other=0.0)
+    tl.store(part + chans * 9 + tap, tl.sum(d_z * x.to(tl.float32), axis=1), mask=chan_ok)
+
+
+@triton.jit
 def depthwise3x3_at(planes, w_ptr, chans, chan_ok, row, col, ok, H, W):
     """sum over the 3x3 taps of w[c, tap] * x[c, row + dr, col + dc] ('same' zero padding), (BLOCK_C, BLOCK_P)
     in fp32, without the bias: ``planes`` (BLOCK_C, 1) points at each channel's (H, W) plane, ``ok`` masks
     the pixels (row, col) asked for."""
     z = tl.zeros((chans.shape[0], row.shape[0]), dtype=tl.float32)
     for tap in tl.static_range(9):
-        r = row + (tap // 3 - 1)
-        c = col + (tap % 3 - 1)
-        inside = ok & (r >= 0) & (r < H) & (c >= 0) & (c < W)
+        r, c, inside = shifted(row, col, ok, tap // 3 - 1, tap % 3 - 1, H, W)
         x = tl.load(planes + (r * W + c)[None, :], mask=chan_ok[:, None] & inside[None, :], other=0.0)
         z += tl.load(w_ptr + chans * 9 + tap, mask=chan_ok, other=0.0).to(tl.float32)[:, None] * x.to(tl.float32)
     return z
+
+
+@triton.jit
+def map_at(tokens_ptr, image, row, col, ok, H, W, R, Q, WINDOW: tl.constexpr):
+    """The (H, W) map of ``image`` laid out as tokens (or its gradient) at (row, col), in fp32; zero outside
+    the map (a 3x3 convolution's padding) and where not ``ok``."""
+    inside = ok & (row >= 0) & (row < H) & (col >= 0) & (col < W)
+    slot = token_slot(image, tl.where(inside, row, 0), tl.where(inside, col, 0), R, Q, WINDOW)
+    return tl.load(tokens_ptr + slot, mask=inside, other=0.0).to(tl.float32)
 
 
 @triton.jit

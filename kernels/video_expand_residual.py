@@ -23,15 +23,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from avfused.kernels._common import map_blocks, split_sums, token_slot
-
-
-@triton.jit
-def _map_at(tokens_ptr, image, row, col, ok, H, W, R, Q, WINDOW: tl.constexpr):
-    """The map (the tokens laid back) at (row, col); zero outside it (the convolution's padding)."""
-    inside = ok & (row >= 0) & (row < H) & (col >= 0) & (col < W)
-    slot = token_slot(image, tl.where(inside, row, 0), tl.where(inside, col, 0), R, Q, WINDOW)
-    return tl.load(tokens_ptr + slot, mask=inside, other=0.0).to(tl.float32)
+from avfused.kernels._common import map_at, map_blocks, shifted, split_sums, token_slot
 
 
 @triton.jit
@@ -53,10 +45,10 @@ def _forward_kernel(
         scale = tl.load(scale_ptr + chans, mask=chan_ok, other=0.0).to(tl.float32)[:, None]
         out = scale * video + tl.load(bias_ptr + chans, mask=chan_ok, other=0.0).to(tl.float32)[:, None]
         for tap in tl.static_range(9):
-            shifted = _map_at(tokens_ptr, image, row + (tap // 3 - 1), col + (tap % 3 - 1), pixel_ok, H, W, R, Q,
-                              WINDOW)
+            neighbour = map_at(tokens_ptr, image, row + (tap // 3 - 1), col + (tap % 3 - 1), pixel_ok, H, W, R, Q,
+                               WINDOW)
             out += tl.load(weight_ptr + chans * 9 + tap, mask=chan_ok, other=0.0).to(tl.float32)[:, None] * \
-                shifted[None, :]
+                neighbour[None, :]
         tl.store(out_ptr + own, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -92,12 +84,10 @@ def _backward_kernel(
         for tap in tl.static_range(9):
             dr = tap // 3 - 1
             dc = tap % 3 - 1
-            shifted = _map_at(tokens_ptr, image, row + dr, col + dc, pixel_ok, H, W, R, Q, WINDOW)
-            tl.store(part + chans * 9 + tap, tl.sum(g * shifted[None, :], axis=1), mask=chan_ok)
+            neighbour = map_at(tokens_ptr, image, row + dr, col + dc, pixel_ok, H, W, R, Q, WINDOW)
+            tl.store(part + chans * 9 + tap, tl.sum(g * neighbour[None, :], axis=1), mask=chan_ok)
             # the map pixel p feeds output pixel p - tap through weight[tap]
-            r = row - dr
-            c = col - dc
-            ok = pixel_ok & (r >= 0) & (r < H) & (c >= 0) & (c < W)
+            r, c, ok = shifted(row, col, pixel_ok, -dr, -dc, H, W)
             g_n = tl.load(grad_ptr + plane_offsets + (r * W + c)[None, :], mask=chan_ok[:, None] & ok[None, :],
                           other=0.0).to(tl.float32)
             weight = tl.load(weight_ptr + chans * 9 + tap, mask=chan_ok, other=0.0).to(tl.float32)

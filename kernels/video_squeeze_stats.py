@@ -21,7 +21,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from avfused.kernels._common import depthwise3x3_at, map_blocks, merge_moments, sum_partials
+from avfused.kernels._common import (
+    depthwise3x3_at,
+    map_blocks,
+    merge_moments,
+    shifted,
+    sum_partials,
+    tap_weight_gradient,
+)
 
 
 @triton.jit
@@ -79,14 +86,8 @@ def _backward_kernel(
         for tap in tl.static_range(9):
             dr = tap // 3 - 1
             dc = tap % 3 - 1
-            r = row + dr
-            c = col + dc
-            ok = pixel_ok & (r >= 0) & (r < H) & (c >= 0) & (c < W)
-            x = tl.load(planes + (r * W + c)[None, :], mask=chan_ok[:, None] & ok[None, :], other=0.0)
-            tl.store(part + chans * 9 + tap, tl.sum(d_z * x.to(tl.float32), axis=1), mask=chan_ok)
-            r = row - dr
-            c = col - dc
-            ok = pixel_ok & (r >= 0) & (r < H) & (c >= 0) & (c < W)
+            tap_weight_gradient(planes, part, chans, chan_ok, d_z, row, col, pixel_ok, dr, dc, tap, H, W)
+            r, c, ok = shifted(row, col, pixel_ok, -dr, -dc, H, W)  # d_x(p) += dw_w[tap] d_z(p - tap)
             z_n = depthwise3x3_at(planes, dw_w_ptr, chans, chan_ok, r, c, ok, H, W) + dw_b
             d_z_n = tl.where(ok[None, :], by_mean + by_var * (z_n - mean), 0.0)
             dx += tl.load(dw_w_ptr + chans * 9 + tap, mask=chan_ok, other=0.0).to(tl.float32)[:, None] * d_z_n

@@ -24,7 +24,15 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from avfused.kernels._common import depthwise3x3_at, map_blocks, split_sums, token_slot
+from avfused.kernels._common import (
+    depthwise3x3_at,
+    map_at,
+    map_blocks,
+    shifted,
+    split_sums,
+    tap_weight_gradient,
+    token_slot,
+)
 
 
 @triton.jit
@@ -53,14 +61,6 @@ def _forward_kernel(
 
 
 @triton.jit
-def _map_gradient(grad_ptr, image, row, col, ok, H, W, R, Q, WINDOW: tl.constexpr):
-    """The map's gradient at (row, col), gathered from the tokens' gradient; zero outside the map."""
-    inside = ok & (row >= 0) & (row < H) & (col >= 0) & (col < W)
-    slot = token_slot(image, tl.where(inside, row, 0), tl.where(inside, col, 0), R, Q, WINDOW)
-    return tl.load(grad_ptr + slot, mask=inside, other=0.0).to(tl.float32)
-
-
-@triton.jit
 def _backward_kernel(
     grad_ptr, x_ptr, dw_w_ptr, dw_b_ptr, w_ptr, dx_ptr, part_ptr, C, H, W, R, Q,
     WINDOW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -73,7 +73,7 @@ def _backward_kernel(
     col = pos % W
     # partial slot: d_dw_w (C, 9) | d_dw_b (C) | d_w (C) | d_b (1)
     part = part_ptr + program.to(tl.int64) * (11 * C + 1)
-    g = _map_gradient(grad_ptr, image, row, col, pixel_ok, H, W, R, Q, WINDOW)
+    g = map_at(grad_ptr, image, row, col, pixel_ok, H, W, R, Q, WINDOW)
     tl.store(part + 11 * C, tl.sum(g, axis=0))
     for c0 in range(0, C, BLOCK_C):
         chans = c0 + tl.arange(0, BLOCK_C)
@@ -90,18 +90,11 @@ def _backward_kernel(
         for tap in tl.static_range(9):
             dr = tap // 3 - 1
             dc = tap % 3 - 1
-            # d_dw_w[tap] += a(p) x(p + tap)
-            r = row + dr
-            c = col + dc
-            ok = pixel_ok & (r >= 0) & (r < H) & (c >= 0) & (c < W)
-            x = tl.load(planes + (r * W + c)[None, :], mask=chan_ok[:, None] & ok[None, :], other=0.0)
-            tl.store(part + chans * 9 + tap, tl.sum(a * x.to(tl.float32), axis=1), mask=chan_ok)
+            tap_weight_gradient(planes, part, chans, chan_ok, a, row, col, pixel_ok, dr, dc, tap, H, W)
             # d_x(p) += dw_w[tap] a(p - tap), a recomputed at the neighbour
-            r = row - dr
-            c = col - dc
-            ok = pixel_ok & (r >= 0) & (r < H) & (c >= 0) & (c < W)
+            r, c, ok = shifted(row, col, pixel_ok, -dr, -dc, H, W)
             z_n = depthwise3x3_at(planes, dw_w_ptr, chans, chan_ok, r, c, ok, H, W) + dw_b
-            g_n = _map_gradient(grad_ptr, image, r, c, ok, H, W, R, Q, WINDOW)
+            g_n = map_at(grad_ptr, image, r, c, ok, H, W, R, Q, WINDOW)
             a_n = tl.where((z_n > 0) & ok[None, :], g_n[None, :] * w, 0.0)
             dx += tl.load(dw_w_ptr + chans * 9 + tap, mask=chan_ok, other=0.0).to(tl.float32)[:, None] * a_n
         tl.store(dx_ptr + plane_offsets + pos[None, :], dx.to(dx_ptr.dtype.element_ty),
