@@ -9,5 +9,67 @@
 //     -> (grad_audio, grad_tokens, grad_weight, grad_bias, grad_scale)
 //   grad_audio[c] = scale[c] grad[c],  grad_scale[c] = sum grad[c] audio[c],  grad_bias[c] = sum grad[c],
 //   grad_weight[c] = grad[c] (x) signal (a correlation),  grad_signal = sum_c conv1d^T(grad[c], weight[c]),
-//   grad_tokens = the interpolation's transpose of grad_signal. CPU only.
+//   grad_tokens = the interpolation's transpose of grad_signal.
+// CPU only; the interpolation's placement and the shape checks are here for every half.
 #pragma once
+
+#include <cstdint>
+
+#ifndef AVFUSED_HOST_DEVICE  // a function both halves compile: host and device under nvcc
+#ifdef __CUDACC__
+#define AVFUSED_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define AVFUSED_HOST_DEVICE inline
+#endif
+#endif
+
+namespace avfused {
+
+// The interpolation's source of output i: out[i] = (1 - lambda) tokens[left] + lambda tokens[right].
+struct InterpolationSource {
+  int64_t left, right;
+  float lambda;
+};
+
+// Where torch's upsample_linear1d with align_corners=False reads output i (ratio = values / length), the
+// source position in double: in float its rounding (1e-7 of up to T D) would shift the weights by ~1e-5 at
+// long lengths. On the GPU the product is rounded on its own (no fused multiply-add), as on the CPU.
+AVFUSED_HOST_DEVICE InterpolationSource interpolation_source(double ratio, int64_t values, int64_t i) {
+#ifdef __CUDA_ARCH__
+  const double shifted = __dmul_rn(ratio, static_cast<double>(i) + 0.5) - 0.5;
+#else
+  const double shifted = ratio * (static_cast<double>(i) + 0.5) - 0.5;
+#endif
+  const double source = shifted < 0.0 ? 0.0 : shifted;
+  const int64_t left = static_cast<int64_t>(source);
+  return {left, left + (left < values - 1 ? 1 : 0), static_cast<float>(source - static_cast<double>(left))};
+}
+
+}  // namespace avfused
+
+#ifndef __CUDACC__  // the ATen half: the shape checks both halves share
+#include <ATen/ATen.h>
+
+namespace avfused {
+
+// A valid call's shapes (audio (B, C, L) and tokens (B, T, D) non-empty, weight (C, 1, K) with K odd, bias and
+// scale (C,)); the device and dtype rules are each half's own.
+inline void check_audio_expand_shapes(const char* op, const at::Tensor& audio, const at::Tensor& tokens,
+                                      const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scale) {
+  TORCH_CHECK(audio.dim() == 3 && audio.numel() > 0, "avfused_ext.", op, ": audio must be a non-empty (B, C, L), "
+              "got shape ", audio.sizes());
+  TORCH_CHECK(tokens.dim() == 3 && tokens.numel() > 0 && weight.dim() == 3, "avfused_ext.", op, ": tokens must be "
+              "a non-empty (B, T, D) and weight (C, 1, K), got ", tokens.sizes(), " and ", weight.sizes());
+  const int64_t clips = audio.size(0), channels = audio.size(1), kernel = weight.size(2);
+  TORCH_CHECK(tokens.size(0) == clips, "avfused_ext.", op, ": tokens must be (", clips, ", T, D) like audio, got ",
+              tokens.sizes());
+  TORCH_CHECK(weight.sizes() == at::IntArrayRef({channels, 1, kernel}), "avfused_ext.", op, ": weight must be (",
+              channels, ", 1, K), got ", weight.sizes());
+  TORCH_CHECK(bias.sizes() == at::IntArrayRef({channels}) && scale.sizes() == at::IntArrayRef({channels}),
+              "avfused_ext.", op, ": bias and scale must be (", channels, "), got ", bias.sizes(), " and ",
+              scale.sizes());
+  TORCH_CHECK(kernel % 2 == 1, "avfused_ext.", op, ": the kernel size must be odd, got ", kernel);
+}
+
+}  // namespace avfused
+#endif  // __CUDACC__
