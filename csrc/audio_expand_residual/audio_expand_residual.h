@@ -10,7 +10,10 @@
 //   grad_audio[c] = scale[c] grad[c],  grad_scale[c] = sum grad[c] audio[c],  grad_bias[c] = sum grad[c],
 //   grad_weight[c] = grad[c] (x) signal (a correlation),  grad_signal = sum_c conv1d^T(grad[c], weight[c]),
 //   grad_tokens = the interpolation's transpose of grad_signal.
-// CPU only; the interpolation's placement and the shape checks are here for every half.
+// CPU (audio_expand_residual_cpu.cpp) and CUDA (audio_expand_residual_cuda.cu, _cuda_host.cpp) halves; the
+// CUDA kernels read float32, float16 or bfloat16 audio, tokens and grad (one type per call) and compute in
+// float32, weights and weight gradients float32. Both halves place the interpolation with
+// interpolation_source below.
 #pragma once
 
 #include <cstdint>
@@ -46,6 +49,38 @@ AVFUSED_HOST_DEVICE InterpolationSource interpolation_source(double ratio, int64
 }
 
 }  // namespace avfused
+
+#ifdef CUDART_VERSION  // the CUDA launchers (audio_expand_residual_cuda.cu): plain pointers and a stream
+#include "../common/cuda_activations.h"
+
+namespace avfused::cuda {
+
+struct AudioExpandShape {
+  long long clips;
+  int channels, length, values, kernel;  // C, L, T D, K
+};
+
+// Dynamic shared memory per block of the forward and backward kernels (the larger), for K taps.
+size_t audio_expand_residual_shared_bytes(int kernel);
+
+// float32 values of the backward's workspace (per-block partial sums and signal gradients).
+long long audio_expand_residual_backward_workspace(AudioExpandShape shape, DeviceLimits limits);
+
+// out (B, C, L) in the activations' type; tokens (B, T D) of that type too.
+cudaError_t launch_audio_expand_residual_forward(ActivationType type, const void* audio, const void* tokens,
+                                                 const float* weight, const float* bias, const float* scale, void* out,
+                                                 AudioExpandShape shape, DeviceLimits limits, cudaStream_t stream);
+
+// grad_audio and grad_tokens are written in the activations' type, the float32 grad_weight (C, K), grad_bias
+// and grad_scale (C,) overwritten; workspace holds audio_expand_residual_backward_workspace floats.
+cudaError_t launch_audio_expand_residual_backward(ActivationType type, const void* grad, const void* audio,
+                                                  const void* tokens, const float* weight, const float* scale,
+                                                  void* grad_audio, void* grad_tokens, float* grad_weight,
+                                                  float* grad_bias, float* grad_scale, float* workspace,
+                                                  AudioExpandShape shape, DeviceLimits limits, cudaStream_t stream);
+
+}  // namespace avfused::cuda
+#endif
 
 #ifndef __CUDACC__  // the ATen half: the shape checks both halves share
 #include <ATen/ATen.h>
