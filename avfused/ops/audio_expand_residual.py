@@ -6,10 +6,17 @@
 The same function as ``avfused.reference.audio_expand_residual`` (the folded SAAVM's, avfused.inference, and the
 training SAAVM's). Two backends:
 
-* ``ext`` -- the op ``avfused_ext::audio_expand_residual`` (csrc/audio_expand_residual/): a C++ CPU forward,
-  one pass over the audio, and its backward ``avfused_ext::audio_expand_residual_backward``, one pass over the
-  output gradient in tiles of positions (the interpolated signals, B L values, computed once; the weight,
-  bias and scale sums per thread in double), so the op trains too. CUDA tensors run the reference.
+* ``ext`` -- the op ``avfused_ext::audio_expand_residual`` and its backward
+  ``avfused_ext::audio_expand_residual_backward`` (csrc/audio_expand_residual/), so the op trains too. CPU:
+  C++, the forward one pass over the audio, the backward one pass over the output gradient in tiles of
+  positions (the interpolated signals, B L values, computed once; the weight, bias and scale sums per thread
+  in double). CUDA: blocks of (clip, tile of positions, group of channels; as many groups as batch 1 needs
+  to fill the device), each interpolating its tile of the signal from the tokens into shared memory; the
+  forward one thread per position, the backward one pass over the gradient for grad_audio, the per-tile
+  weight, bias and scale sums (added in a fixed order in double: no atomics) and the transposed
+  convolution, then one warp per token value gathering the positions that read it for the token gradient.
+  float32, float16 and bfloat16 activations (audio, tokens and grad in audio's dtype), float32 weights and
+  accumulation.
 * ``triton`` -- ``avfused_triton::audio_expand_signal_residual`` and its backward
   (kernels/audio_expand_residual.py): the interpolation of the tokens (one channel) in torch, then one pass
   over the audio (or the gradient); float32 activations (fp16 / bf16 on CUDA).
@@ -22,8 +29,8 @@ import torch
 from avfused import reference
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
+    EXT_HALF_ON_CUDA,
     EXT_REASONS,
-    FLOAT32_ONLY,
     TRITON_DTYPES,
     check_non_empty,
     check_rank,
@@ -31,12 +38,15 @@ from avfused.ops._common import (
     check_tensors,
     register_autocast,
     register_trainable_ext,
-    trainable_ext,
 )
 
 Tensor = torch.Tensor
 OP = "audio_expand_residual"
-EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+# where avfused.backends sends the op to the extension: the CUDA kernels (run by ext on CUDA tensors) join once
+# their GPU tests (tests/ops/test_audio_expand_residual.py, marked gpu) have passed on a GPU; until then models
+# on GPUs keep the reference
+EXT_DEVICES = ("cpu",)
+EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own activation dtypes
 
 
 def check_inputs(backend: str, audio: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor) -> None:
@@ -115,7 +125,11 @@ def triton(audio: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: T
 def ext(audio: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
     """The extension backend of the op; returns audio's dtype (computed in float32)."""
     check_inputs("ext", audio, tokens, weight, bias, scale)
-    return trainable_ext(OP, (audio, tokens, weight, bias, scale))
+    cuda = audio.device.type == "cuda"
+    activations = audio.dtype if cuda and audio.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    out = torch.ops.avfused_ext.audio_expand_residual(audio.to(activations), tokens.to(activations), weight.float(),
+                                                      bias.float(), scale.float())
+    return out.to(audio.dtype)
 
 
 def _fake(audio, tokens, weight, bias, scale):
@@ -125,4 +139,4 @@ def _fake(audio, tokens, weight, bias, scale):
 register_autocast("avfused_triton::audio_expand_signal_residual", (0, 1), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     register_trainable_ext(OP, _fake)
-    register_autocast("avfused_ext::audio_expand_residual", (0, 1), FLOAT32_ONLY)
+    register_autocast("avfused_ext::audio_expand_residual", (0, 1), EXT_HALF_ON_CUDA)

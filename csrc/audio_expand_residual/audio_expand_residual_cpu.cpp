@@ -33,20 +33,6 @@ struct AudioExpandArgs {
   int64_t channels, length, values, kernel;
 };
 
-// The interpolation's source of output i: out[i] = (1 - lambda) tokens[left] + lambda tokens[right].
-struct InterpolationSource {
-  int64_t left, right;
-  float lambda;
-};
-
-// Where torch's upsample_linear1d with align_corners=False reads output i, the source position in double:
-// in float its rounding (1e-7 of up to T D) would shift the weights by ~1e-5 at long lengths.
-AVFUSED_INLINE InterpolationSource interpolation_source(double ratio, int64_t values, int64_t i) {
-  const double source = std::max(ratio * (static_cast<double>(i) + 0.5) - 0.5, 0.0);
-  const int64_t left = static_cast<int64_t>(source);
-  return {left, left + (left < values - 1 ? 1 : 0), static_cast<float>(source - static_cast<double>(left))};
-}
-
 // row[half + i] = the tokens linearly interpolated at output i; the K / 2 values either side stay zero.
 void interpolate(const float* tokens, int64_t values, int64_t length, float* row, int64_t half) {
   const double ratio = static_cast<double>(values) / static_cast<double>(length);
@@ -217,18 +203,13 @@ struct AudioExpandInputs {
 
 AudioExpandInputs check_cpu_inputs(const char* op, const at::Tensor& audio, const at::Tensor& tokens,
                                    const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scale) {
-  TORCH_CHECK(audio.dim() == 3 && audio.numel() > 0, "avfused_ext.audio_expand_residual: audio must be a non-empty "
-              "(B, C, L), got shape ", audio.sizes());
-  TORCH_CHECK(tokens.dim() == 3 && tokens.numel() > 0 && weight.dim() == 3, "avfused_ext.audio_expand_residual: "
-              "tokens must be a non-empty (B, T, D) and weight (C, 1, K), got ", tokens.sizes(), " and ",
-              weight.sizes());
+  check_audio_expand_shapes(op, audio, tokens, weight, bias, scale);
   const int64_t clips = audio.size(0), channels = audio.size(1), kernel = weight.size(2);
   check_image_op_tensor(op, "audio", audio, audio.sizes());
   check_image_op_tensor(op, "tokens", tokens, {clips, tokens.size(1), tokens.size(2)});
   check_image_op_tensor(op, "weight", weight, {channels, 1, kernel});
   check_image_op_tensor(op, "bias", bias, {channels});
   check_image_op_tensor(op, "scale", scale, {channels});
-  TORCH_CHECK(kernel % 2 == 1, "avfused_ext.audio_expand_residual: the kernel size must be odd, got ", kernel);
   return {audio.contiguous(), tokens.contiguous(), weight.contiguous(), bias.contiguous(), scale.contiguous()};
 }
 

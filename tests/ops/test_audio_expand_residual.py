@@ -1,7 +1,9 @@
-"""audio_expand_residual, the extension's C++ kernels (forward and backward) against the float64 reference.
+"""audio_expand_residual, the extension's kernels (forward and backward) and the Triton ones against the
+float64 reference.
 
-The CPU ops ``avfused_ext::audio_expand_residual`` and ``_backward`` (no Triton or CUDA kernel): the wrapper
-runs them in inference and in training, so its forward and every gradient are checked through the wrapper.
+The ops ``avfused_ext::audio_expand_residual`` and ``_backward`` (C++ on the CPU, CUDA kernels on GPUs): the
+wrapper runs them in inference and in training, so its forward and every gradient are checked through the
+wrapper. The ``ext-cuda`` tests need a GPU session.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.nn.layers import LayerScale
 from avfused.ops import audio_expand_residual
-from avfused.testing import assert_matches_reference, check_against_reference
+from avfused.testing import assert_matches_reference, check_against_reference, check_low_precision
 from tests.helpers import (
     EXT_CPU,
     EXT_CUDA,
@@ -63,21 +65,22 @@ def test_matches_float64(target, shape, lanes, monkeypatch):
     check_trainable_ext(audio_expand_residual, make_inputs(*shape), (), NAMES)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_inference_forward_matches_float64(target):
-    inputs = make_inputs(3, 5, 301, 3, 49)
+    inputs = target.put(make_inputs(3, 5, 301, 3, 49))
     with torch.no_grad():
         out = audio_expand_residual.ext(*inputs)
     assert_matches_reference(out, reference.audio_expand_residual(*(t.double() for t in inputs)))
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_non_contiguous_inputs(target):
     """Audio as a transposed view, and the audio tokens as the model passes them: a slice of all the tokens;
     the gradients flow back through both views."""
     inputs = make_inputs(2, 4, 130, 3, 49)
     inputs[0] = torch.randn(2, 130, 4)
     inputs[1] = torch.cat([torch.randn(2, 5, 49), inputs[1]], dim=1)
+    inputs = target.put(inputs)
 
     def views(audio, tokens, *rest):
         audio, tokens = audio.transpose(1, 2), tokens[:, -3:]
@@ -109,19 +112,20 @@ def test_bad_inputs_raise_named_errors(target):
         op(audio.to("meta"), tokens, weight, bias, scale)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_float64_inputs_give_float64_outputs(target):
-    check_float64_in_float64_out(audio_expand_residual, make_inputs(1, 3, 80, 2, 7))
+    check_float64_in_float64_out(audio_expand_residual, target.put(make_inputs(1, 3, 80, 2, 7)))
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
-def test_wrapper_trains_through_the_cpp_ops(target, monkeypatch):
-    check_wrapper_trains_through_cpp(audio_expand_residual, make_inputs(1, 3, 80, 2, 7), (), monkeypatch)
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
+def test_wrapper_trains_through_the_extension_ops(target, monkeypatch):
+    """On CUDA tensors too: the CUDA kernels, not the reference."""
+    check_wrapper_trains_through_cpp(audio_expand_residual, target.put(make_inputs(1, 3, 80, 2, 7)), (), monkeypatch)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_opcheck(target):
-    opcheck_trainable(audio_expand_residual, make_inputs(2, 3, 40, 2, 5, 7))
+    opcheck_trainable(audio_expand_residual, target.put(make_inputs(2, 3, 40, 2, 5, 7)))
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -136,11 +140,62 @@ def test_raw_op_rejects_bad_inputs_with_runtime_errors(target):
         torch.ops.avfused_ext.audio_expand_residual_backward(audio[:1], audio, tokens, weight, bias, scale)
 
 
+# (clips, channels, length, frames, token_dim, kernel): the small model's stage 0 and stage 3 (C L = 96000
+# either way), lengths no multiple of a tile, fewer positions than token values, a signal shorter than the
+# kernel, one and three clips
+GPU_SHAPES = [(1, 8, 12000, 10, 49, 33), (1, 64, 1500, 10, 49, 33), (3, 5, 301, 3, 49, 33), (3, 8, 45, 2, 49, 7),
+              (1, 3, 7, 2, 5, 9)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", GPU_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CUDA])
-def test_gpu_tensors_run_the_reference(target):
-    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
-    inputs = make_inputs(2, 8, 300, 3, 49, device="cuda")
-    torch.testing.assert_close(audio_expand_residual.ext(*inputs), reference.audio_expand_residual(*inputs))
+def test_gpu_matches_float64(target, shape, dtype):
+    """The CUDA kernels, forward and every gradient: fp32 within 1e-4 of float64, bf16 / fp16 within twice
+    PyTorch's own error in that dtype."""
+    inputs = make_inputs(*shape, device="cuda")
+    if dtype == torch.float32:
+        check_against_reference(audio_expand_residual.ext, reference.audio_expand_residual, inputs, NAMES)
+    else:
+        check_low_precision(audio_expand_residual.ext, reference.audio_expand_residual, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_large_batch(target):
+    """Enough clips that each block loops over several channels of its tile (one or few channel groups)."""
+    check_trainable_ext(audio_expand_residual, make_inputs(96, 8, 3000, 10, 49, 33, device="cuda"), (), NAMES)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_raw_op_takes_the_autocast_dtype(target, dtype):
+    """Inside autocast the CUDA kernels get the region's dtype (float32 weights): out comes in that dtype."""
+    audio, tokens, weight, bias, scale = make_inputs(2, 4, 50, 2, 7, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        out = torch.ops.avfused_ext.audio_expand_residual(audio, tokens, weight, bias, scale)
+    assert out.dtype == dtype
+    expected = reference.audio_expand_residual(audio.to(dtype).double(), tokens.to(dtype).double(), weight.double(),
+                                               bias.double(), scale.double())
+    assert_matches_reference(out, expected, reference.audio_expand_residual(audio.to(dtype), tokens.to(dtype),
+                                                                           weight.to(dtype), bias.to(dtype),
+                                                                           scale.to(dtype)))
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_raw_op_rejects_bad_inputs_with_runtime_errors(target):
+    """Called directly, the CUDA host checks answer with RuntimeError (TORCH_CHECK), not a crash or a bad launch."""
+    audio, tokens, weight, bias, scale = make_inputs(2, 4, 50, 2, 7, device="cuda")
+    with pytest.raises(RuntimeError, match="tokens"):
+        torch.ops.avfused_ext.audio_expand_residual(audio, tokens.half(), weight, bias, scale)
+    with pytest.raises(RuntimeError, match="odd"):
+        torch.ops.avfused_ext.audio_expand_residual(audio, tokens, weight[..., :4].contiguous(), bias, scale)
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.avfused_ext.audio_expand_residual(audio, tokens, weight.half(), bias, scale)
+    with pytest.raises(RuntimeError, match="shared memory"):  # the taps' tile is past any GPU's shared memory
+        torch.ops.avfused_ext.audio_expand_residual(audio, tokens, torch.randn(4, 1, 100001, device="cuda"), bias,
+                                                    scale)
+    with pytest.raises(RuntimeError, match="grad"):
+        torch.ops.avfused_ext.audio_expand_residual_backward(audio[:1], audio, tokens, weight, bias, scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,9 +219,9 @@ def module_scatter_back(audio, tokens, weight, bias, layer_scale):
 # (clips, channels, length, frames, token_dim, kernel): T = 10 and several backward tiles, fewer positions than
 # token values, one and three clips
 @pytest.mark.parametrize("shape", [(1, 8, 3000, 10, 49, 33), (3, 5, 30, 2, 49, 33), (3, 4, 301, 3, 16, 7)])
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_layer_scaled_op_matches_the_saavm_layers(target, shape):
-    inputs = make_inputs(*shape)
+    inputs = target.put(make_inputs(*shape))
     names = ("audio", "tokens", "expand weight", "expand bias", "layer scale")
     check_against_reference(fused_scatter_back, module_scatter_back, inputs, names)
 
