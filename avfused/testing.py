@@ -112,7 +112,9 @@ def check_low_precision(fn: Callable, reference_fn: Callable, inputs, names, dty
     """bf16 / fp16 rule: error at most 2x PyTorch's own error in that dtype, forward and gradients."""
     ref_inputs = leaves(inputs, torch.float64)
     ref_out = reference_fn(*ref_inputs, **kwargs)
-    grad = torch.randn_like(ref_out)
+    # an output gradient that both runs in `dtype` take exactly, as the float64 reference does: its rounding
+    # would be the harness's error, not the op's, and dominates a gradient that only sums it (a bias's)
+    grad = torch.randn_like(ref_out).to(dtype).double()
     ref_grads = torch.autograd.grad(ref_out, ref_inputs, grad)
     out, grads = forward_and_grads(fn, leaves(inputs, dtype), grad, **kwargs)
     torch_out, torch_grads = forward_and_grads(reference_fn, leaves(inputs, dtype), grad, **kwargs)

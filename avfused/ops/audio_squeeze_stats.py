@@ -11,11 +11,16 @@ memory; gradients flow through the fold into mean and var, and from there back h
 
 * ``ext`` -- the op ``avfused_ext::audio_squeeze_stats`` and its backward
   ``avfused_ext::audio_squeeze_stats_backward(grad_mean, grad_var, audio, weight, bias, mean)``
-  (csrc/audio_squeeze_stats/): z tile by tile from the dense Conv1d tile kernel audio_squeeze_tokens uses
-  (faster than ATen's convolution at these shapes), each tile's moments in double, merged in a fixed order
-  (no float32 E[z^2] - E[z]^2); the backward recomputes z per tile, forms grad_z = grad_mean / M +
-  2 grad_var (z - mean) / M (M = B L) and runs the tile backward on it. z never exists beyond a tile. CUDA
-  tensors run the reference.
+  (csrc/audio_squeeze_stats/); z never exists beyond a tile, the tiles' moments are merged in double in a
+  fixed order (no float32 E[z^2] - E[z]^2), and the backward recomputes z per tile to form grad_z =
+  grad_mean / M + 2 grad_var (z - mean) / M (M = B L). CPU: z from the dense Conv1d tile kernel
+  audio_squeeze_tokens uses (faster than ATen's convolution at these shapes), each tile's moments in double,
+  the tile backward on grad_z. CUDA: the forward one block per (clip, 128 positions, 8 channels), a thread
+  per position, the tiles' moments merged per channel (Chan's update); the backward one block per (clip,
+  tile) for the audio gradient (grad_z of every channel held in shared memory) and one per (8 channels,
+  split of the tiles) for the weight and bias sums, whose per-split partials are added in a fixed order (no
+  atomics: the same result every run). float32, float16 and bfloat16 audio (grad_audio in its dtype),
+  float32 weights, accumulation and statistics.
 * ``triton`` -- ``avfused_triton::audio_squeeze_stats`` and its backward (kernels/audio_squeeze_stats.py) for
   the SAAVM's 3-tap convolution: z as three (C, C) products per block of positions, the blocks' moments
   merged in float64; float32 audio (fp16 / bf16 on CUDA).
@@ -27,20 +32,23 @@ import torch
 
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
+    EXT_HALF_ON_CUDA,
     EXT_REASONS,
-    FLOAT32_ONLY,
     TRITON_DTYPES,
     check_non_empty,
     check_rank,
     check_shape,
     check_tensors,
-    reference_on_gpu,
     register_autocast,
 )
 
 Tensor = torch.Tensor
 OP = "audio_squeeze_stats"
-EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+# where avfused.backends sends the op to the extension: the CUDA kernels (run by ext on CUDA tensors) join once
+# their GPU tests (tests/ops/test_audio_squeeze_stats.py, marked gpu) have passed on a GPU; until then models
+# on GPUs keep the reference
+EXT_DEVICES = ("cpu",)
+EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for audio
 
 
 def check_inputs(backend: str, audio: Tensor, weight: Tensor, bias: Tensor) -> None:
@@ -116,9 +124,9 @@ def triton(audio: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]
 def ext(audio: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     """The extension backend of the op; returns audio's dtype (computed in float32, the sums in double)."""
     check_inputs("ext", audio, weight, bias)
-    if audio.device.type == "cuda":
-        return reference_on_gpu(OP)(audio, weight, bias)
-    mean, var = torch.ops.avfused_ext.audio_squeeze_stats(audio.float(), weight.float(), bias.float())
+    cuda = audio.device.type == "cuda"
+    activations = audio.dtype if cuda and audio.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    mean, var = torch.ops.avfused_ext.audio_squeeze_stats(audio.to(activations), weight.float(), bias.float())
     return mean.to(audio.dtype), var.to(audio.dtype)
 
 
@@ -126,8 +134,8 @@ def _register_ext() -> None:
     """Fakes and autograd of the extension's ops (their schemas and kernels come from csrc/)."""
 
     @torch.library.register_fake("avfused_ext::audio_squeeze_stats")
-    def _(audio, weight, bias):
-        return audio.new_empty(audio.shape[1]), audio.new_empty(audio.shape[1])
+    def _(audio, weight, bias):  # float32, as the weights (whatever the audio's dtype)
+        return bias.new_empty(bias.shape), bias.new_empty(bias.shape)
 
     @torch.library.register_fake("avfused_ext::audio_squeeze_stats_backward")
     def _(grad_mean, grad_var, audio, weight, bias, mean):
@@ -147,4 +155,4 @@ def _register_ext() -> None:
 register_autocast("avfused_triton::audio_squeeze_stats", (0,), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     _register_ext()
-    register_autocast("avfused_ext::audio_squeeze_stats", (0,), FLOAT32_ONLY)
+    register_autocast("avfused_ext::audio_squeeze_stats", (0,), EXT_HALF_ON_CUDA)

@@ -6,11 +6,17 @@
 The same function as ``avfused.reference.audio_squeeze_tokens`` (the folded SAAVM's, avfused.inference: its
 batch norm is in weight and bias). Two backends:
 
-* ``ext`` -- the op ``avfused_ext::audio_squeeze_tokens`` (csrc/audio_squeeze_tokens/): a C++ CPU forward
-  that never writes the (B, C, L) hidden layer, and its backward ``avfused_ext::audio_squeeze_tokens_backward``,
-  which recomputes the hidden layer tile by tile (weight sums per thread in double), so the op trains too
-  (in training the batch norm's batch statistics come from ``audio_squeeze_stats`` and are folded into
-  weight and bias first). CUDA tensors run the reference.
+* ``ext`` -- the op ``avfused_ext::audio_squeeze_tokens`` (csrc/audio_squeeze_tokens/), whose forward never
+  writes the (B, C, L) hidden layer, and its backward ``avfused_ext::audio_squeeze_tokens_backward``, which
+  recomputes the hidden layer tile by tile, so the op trains too (in training the batch norm's batch
+  statistics come from ``audio_squeeze_stats`` and are folded into weight and bias first). CPU: C++, weight
+  sums per thread in double. CUDA: the forward one block per (clip, 128 positions, slice of channels) holds
+  the ReLU'd hidden layer of 8 channels at a time in shared memory and adds their share of the signal (the
+  channels are sliced only where the clips give too few blocks), then one thread per token value pools; the
+  backward one block per (clip, tile) for the audio gradient (grad_z of every channel in shared memory) and
+  one per (8 channels, split of the tiles) for the weight sums, whose per-split partials are added in a fixed
+  order (no atomics). float32, float16 and bfloat16 audio (tokens, grad and grad_audio in its dtype), float32
+  weights and accumulation.
 * ``triton`` -- ``avfused_triton::audio_squeeze_signal`` and its backward (kernels/audio_squeeze_tokens.py)
   for the SAAVM's 3-tap convolution: the one-channel signal before the pooling without the hidden layer in
   memory; the pooling (one channel) in torch; float32 audio (fp16 / bf16 on CUDA).
@@ -23,8 +29,8 @@ import torch
 from avfused import reference
 from avfused.errors import InputShapeError
 from avfused.ops._common import (
+    EXT_HALF_ON_CUDA,
     EXT_REASONS,
-    FLOAT32_ONLY,
     TRITON_DTYPES,
     check_non_empty,
     check_rank,
@@ -32,12 +38,15 @@ from avfused.ops._common import (
     check_tensors,
     register_autocast,
     register_trainable_ext,
-    trainable_ext,
 )
 
 Tensor = torch.Tensor
 OP = "audio_squeeze_tokens"
-EXT_DEVICES = ("cpu",)  # where the extension has kernels for this op (CUDA tensors run the reference)
+# where avfused.backends sends the op to the extension: the CUDA kernels (run by ext on CUDA tensors) join once
+# their GPU tests (tests/ops/test_audio_squeeze_tokens.py, marked gpu) have passed on a GPU; until then models
+# on GPUs keep the reference
+EXT_DEVICES = ("cpu",)
+EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for audio
 
 
 def check_inputs(backend: str, audio: Tensor, weight: Tensor, bias: Tensor, to_one: Tensor, to_one_bias: Tensor,
@@ -124,7 +133,11 @@ def ext(audio: Tensor, weight: Tensor, bias: Tensor, to_one: Tensor, to_one_bias
         token_dim: int) -> Tensor:
     """The extension backend of the op; returns audio's dtype (computed in float32)."""
     check_inputs("ext", audio, weight, bias, to_one, to_one_bias, frames, token_dim)
-    return trainable_ext(OP, (audio, weight, bias, to_one, to_one_bias), frames, token_dim)
+    cuda = audio.device.type == "cuda"
+    activations = audio.dtype if cuda and audio.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    weights = (t.float() for t in (weight, bias, to_one, to_one_bias))
+    out = torch.ops.avfused_ext.audio_squeeze_tokens(audio.to(activations), *weights, frames, token_dim)
+    return out.to(audio.dtype)
 
 
 def _fake(audio, weight, bias, to_one, to_one_bias, frames, token_dim):
@@ -134,4 +147,4 @@ def _fake(audio, weight, bias, to_one, to_one_bias, frames, token_dim):
 register_autocast("avfused_triton::audio_squeeze_signal", (0,), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
     register_trainable_ext(OP, _fake)
-    register_autocast("avfused_ext::audio_squeeze_tokens", (0,), FLOAT32_ONLY)
+    register_autocast("avfused_ext::audio_squeeze_tokens", (0,), EXT_HALF_ON_CUDA)

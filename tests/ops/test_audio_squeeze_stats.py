@@ -1,7 +1,10 @@
-"""audio_squeeze_stats, the extension's C++ op (forward and backward) against the float64 reference; and the
+"""audio_squeeze_stats, the extension's ops (forward and backward) against the float64 reference; and the
 SAAVM's training-time audio token building made of it: batch statistics, the batch norm folded into the
 convolution in torch, then audio_squeeze_tokens, against Conv1d -> BatchNorm1d (train mode) -> ReLU -> Conv1d
 -> reference.audio_to_tokens in float64, forward and every gradient.
+
+The ops ``avfused_ext::audio_squeeze_stats`` and ``_backward`` run C++ kernels on the CPU and CUDA kernels on
+GPUs (the ``ext-cuda`` tests need a GPU session); the Triton kernels are checked at the end.
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ from torch import nn
 from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import audio_squeeze_stats, audio_squeeze_tokens
-from avfused.testing import assert_matches_reference, check_against_reference, leaves, relative_error
+from avfused.testing import (
+    assert_matches_reference,
+    check_against_reference,
+    check_low_precision,
+    leaves,
+    relative_error,
+)
 from tests.helpers import (
     EXT_CPU,
     EXT_CUDA,
@@ -67,10 +76,10 @@ def test_matches_float64(target, shape, lanes, monkeypatch):
     check_stats(make_inputs(*shape))
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_variance_stays_exact_under_a_large_mean(target):
     """z with mean ~300 and spread ~1: float32 E[z^2] - E[z]^2 loses the variance; the op's is within 1e-4."""
-    inputs = make_inputs(3, 4, 500, bias_offset=300.0)
+    inputs = make_inputs(3, 4, 500, bias_offset=300.0, device=target.device)
     with torch.no_grad():
         z = torch.nn.functional.conv1d(inputs[0], inputs[1], inputs[2], padding=1)
         naive = (z * z).mean(dim=(0, 2)) - z.mean(dim=(0, 2)) ** 2
@@ -79,10 +88,10 @@ def test_variance_stays_exact_under_a_large_mean(target):
     check_stats(inputs)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_non_contiguous_inputs(target):
     """Audio as a transposed view and a weight with its channel axes swapped; gradients flow back through both."""
-    audio, weight, bias = make_inputs(2, 4, 130)
+    audio, weight, bias = make_inputs(2, 4, 130, device=target.device)
 
     def views(audio, weight, bias):
         audio, weight = audio.transpose(1, 2), weight.transpose(0, 1)
@@ -112,9 +121,9 @@ def test_bad_inputs_raise_named_errors(target):
         op(audio, weight, bias.to("meta"))
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_float64_inputs_give_float64_outputs(target):
-    inputs = [t.double() for t in make_inputs(2, 3, 80)]
+    inputs = [t.double() for t in make_inputs(2, 3, 80, device=target.device)]
     with torch.no_grad():
         mean, var = audio_squeeze_stats.ext(*inputs)
     assert mean.dtype == var.dtype == torch.float64
@@ -145,12 +154,57 @@ def test_raw_op_rejects_bad_inputs_with_runtime_errors(target):
         torch.ops.avfused_ext.audio_squeeze_stats_backward(bias, bias[:2], audio, weight, bias, bias)
 
 
+# GPU shapes: the small model's stage 0 and 3 (batch 2 of 3 s clips: one tile of 128 positions a block, one
+# group of 8 channels or eight), the CPU shapes (odd sizes, a wider kernel, one position), and 40 short clips
+# (more tiles than multiprocessors: other tile sizes and splits of the weight sums)
+GPU_SHAPES = [(2, 8, 12000, 3), (2, 64, 1500, 3), *SHAPES, (40, 8, 300, 3)]
+
+
+def stacked(fn):
+    """(mean, var) as one (2, C) tensor, so the low-precision harness checks both and the gradient through both."""
+    return lambda *tensors: torch.stack(fn(*tensors))
+
+
+@pytest.mark.parametrize("shape", GPU_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CUDA])
-def test_gpu_tensors_run_the_reference(target):
-    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
-    inputs = make_inputs(2, 8, 300, device="cuda")
-    for actual, expected in zip(audio_squeeze_stats.ext(*inputs), reference.audio_squeeze_stats(*inputs), strict=True):
-        torch.testing.assert_close(actual, expected)
+def test_gpu_matches_float64(target, shape, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the float64 reference's own convolutions
+    check_stats(make_inputs(*shape, device="cuda"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [GPU_SHAPES[0], GPU_SHAPES[1], (3, 9, 45, 3), (1, 16, 700, 3)])
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_low_precision(target, shape, dtype, monkeypatch):
+    """bf16 / fp16 audio read as it is (float32 weights and sums): within twice PyTorch's own error in that dtype,
+    mean, var and every gradient."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    inputs = make_inputs(*shape, device="cuda")
+    check_low_precision(stacked(audio_squeeze_stats.ext), stacked(reference.audio_squeeze_stats), inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_runs_the_same_every_time(target):
+    """No atomics: the statistics and gradients are bit for bit the same from run to run."""
+    inputs = leaves(make_inputs(3, 16, 1000, device="cuda"))
+    grad_outputs = [torch.randn(16, device="cuda"), torch.randn(16, device="cuda")]
+    first, second = (torch.autograd.grad(audio_squeeze_stats.ext(*inputs), inputs, grad_outputs) for _ in range(2))
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_wrapper_trains_through_the_cuda_kernels(target, monkeypatch):
+    check_wrapper_trains_through_cpp(audio_squeeze_stats, make_inputs(2, 3, 80, device="cuda"), (), monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_opcheck(target, dtype):
+    """Schema, fakes (float32 statistics whatever the audio's dtype), autograd registration, AOT tracing."""
+    inputs = make_inputs(2, 3, 40, device="cuda")
+    inputs[0] = inputs[0].to(dtype)
+    opcheck_trainable(audio_squeeze_stats, inputs, (), backward_extra=lambda out: [out[0]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +222,7 @@ def module_audio_tokens(audio, w3, b3, gamma, beta, to_one, to_one_bias, frames,
     """The SAAVM's own layers (avfused/nn/saavm.py) in train mode, on these parameters."""
     channels, kernel = w3.shape[0], to_one.shape[-1]
     squeeze = nn.Sequential(nn.Conv1d(channels, channels, 3, padding=1), nn.BatchNorm1d(channels), nn.ReLU(),
-                            nn.Conv1d(channels, 1, kernel, padding=kernel // 2)).to(audio.dtype).train()
+                            nn.Conv1d(channels, 1, kernel, padding=kernel // 2)).to(audio.device, audio.dtype).train()
     names = ("0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias")
     params = dict(zip(names, (w3, b3, gamma, beta, to_one, to_one_bias), strict=True))
     signal = torch.func.functional_call(squeeze, params, (audio,))
@@ -193,23 +247,23 @@ def composition_inputs(clips, channels, length, kernel):
 
 
 @pytest.mark.parametrize("shape", COMPOSITION_SHAPES)
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_training_audio_tokens_match_the_saavm_layers(target, shape):
     """Forward and every gradient but the convolution bias's, which the batch norm cancels (next test)."""
     clips, channels, length, kernel, frames, token_dim = shape
-    audio, w3, b3, *rest = composition_inputs(clips, channels, length, kernel)
+    audio, w3, b3, *rest = target.put(composition_inputs(clips, channels, length, kernel))
     names = ("audio", "conv weight", "norm weight", "norm bias", "to_one", "to_one_bias")
     check_against_reference(lambda a, w, *t: fused_audio_tokens(a, w, b3, *t, frames, token_dim),
                             lambda a, w, *t: module_audio_tokens(a, w, b3.double(), *t, frames, token_dim),
                             [audio, w3, *rest], names)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_training_audio_tokens_cancel_the_conv_bias_gradient(target):
     """Batch norm in train mode removes the convolution bias, so its exact gradient is 0: through the fold the
     stats' share cancels the weight's to float32 rounding of the norm bias's gradient (what it would be
     without the norm)."""
-    inputs = leaves(composition_inputs(3, 8, 301, 33))
+    inputs = leaves(target.put(composition_inputs(3, 8, 301, 33)))
     tokens = fused_audio_tokens(*inputs, 3, 49)
     grads = torch.autograd.grad(tokens, inputs, torch.randn_like(tokens))
     assert grads[2].abs().max() <= 1e-4 * grads[4].abs().max()

@@ -1,7 +1,8 @@
-"""audio_squeeze_tokens, the extension's C++ kernels (forward and backward) against the float64 reference.
+"""audio_squeeze_tokens, the extension's kernels (forward and backward) against the float64 reference.
 
-The CPU ops ``avfused_ext::audio_squeeze_tokens`` and ``_backward`` (no Triton or CUDA kernel): the wrapper
-runs them in inference and in training, so its forward and every gradient are checked through the wrapper.
+The ops ``avfused_ext::audio_squeeze_tokens`` and ``_backward`` run C++ kernels on the CPU and CUDA kernels on
+GPUs (the ``ext-cuda`` tests need a GPU session): the wrapper runs them in inference and in training, so its
+forward and every gradient are checked through the wrapper. The Triton kernels are checked at the end.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from avfused import reference
 from avfused.errors import InputDeviceError, InputDtypeError, InputRankError, InputShapeError
 from avfused.ops import audio_squeeze_tokens
-from avfused.testing import assert_matches_reference
+from avfused.testing import assert_matches_reference, check_low_precision, leaves
 from tests.helpers import (
     EXT_CPU,
     EXT_CUDA,
@@ -63,20 +64,21 @@ def test_matches_float64(target, shape, lanes, monkeypatch):
     check_trainable_ext(audio_squeeze_tokens, make_inputs(*sizes), (frames, token_dim), NAMES)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_inference_forward_matches_float64(target):
-    inputs = make_inputs(3, 5, 301)
+    inputs = make_inputs(3, 5, 301, device=target.device)
     with torch.no_grad():
         out = audio_squeeze_tokens.ext(*inputs, 3, 49)
     assert_matches_reference(out, reference.audio_squeeze_tokens(*(t.double() for t in inputs), 3, 49))
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_non_contiguous_inputs(target):
     """Audio as a transposed view and a weight with its channel axes swapped; gradients flow back through both."""
     inputs = make_inputs(2, 4, 130)
     inputs[0] = torch.randn(2, 130, 4)
     inputs[1] = inputs[1].transpose(0, 1).contiguous()
+    inputs = target.put(inputs)
 
     def views(audio, weight, *rest):
         audio, weight = audio.transpose(1, 2), weight.transpose(0, 1)
@@ -110,9 +112,9 @@ def test_bad_inputs_raise_named_errors(target):
         op(audio, weight, bias, to_one.to("meta"), to_one_bias, 2, 7)
 
 
-@pytest.mark.parametrize("target", [EXT_CPU])
+@pytest.mark.parametrize("target", [EXT_CPU, EXT_CUDA])
 def test_float64_inputs_give_float64_outputs(target):
-    check_float64_in_float64_out(audio_squeeze_tokens, make_inputs(1, 3, 80), (2, 7))
+    check_float64_in_float64_out(audio_squeeze_tokens, make_inputs(1, 3, 80, device=target.device), (2, 7))
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
@@ -139,12 +141,65 @@ def test_raw_op_rejects_bad_inputs_with_runtime_errors(target):
                                                             to_one_bias, 2, 7)
 
 
+# GPU shapes: the small model's stage 0 (batch 2 of 3 s clips: more tiles than multiprocessors, one channel
+# slice) and stage 3 at batch 1 (few tiles: eight slices of 8 channels), 20 channels in slices of 8, 8 and 4,
+# the CPU shapes (odd sizes, overlapping pooling windows, K1 wider than K2), and 40 short clips
+GPU_SHAPES = [(2, 8, 12000, 3, 33, 10, 49), (1, 64, 1500, 3, 33, 10, 49), (1, 20, 300, 3, 33, 3, 49), *SHAPES,
+              (40, 8, 300, 3, 33, 2, 49)]
+
+
+def gpu_case(shape):
+    *sizes, frames, token_dim = shape
+    return make_inputs(*sizes, device="cuda"), (frames, token_dim)
+
+
+@pytest.mark.parametrize("shape", GPU_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CUDA])
-def test_gpu_tensors_run_the_reference(target):
-    """No CUDA kernel for this op: CUDA tensors take the reference, never a dispatcher error."""
-    inputs = make_inputs(2, 8, 300, device="cuda")
-    expected = reference.audio_squeeze_tokens(*inputs, 3, 49)
-    torch.testing.assert_close(audio_squeeze_tokens.ext(*inputs, 3, 49), expected)
+def test_gpu_matches_float64(target, shape, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the float64 reference's own convolutions
+    inputs, scalars = gpu_case(shape)
+    check_trainable_ext(audio_squeeze_tokens, inputs, scalars, NAMES)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [GPU_SHAPES[0], GPU_SHAPES[1], GPU_SHAPES[2], SHAPES[3]])
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_low_precision(target, shape, dtype, monkeypatch):
+    """bf16 / fp16 audio read as it is (float32 weights and accumulation): within twice PyTorch's own error in
+    that dtype, tokens and every gradient."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    inputs, (frames, token_dim) = gpu_case(shape)
+
+    def fn(*t):
+        return audio_squeeze_tokens.ext(*t, frames, token_dim)
+
+    def reference_fn(*t):
+        return reference.audio_squeeze_tokens(*t, frames, token_dim)
+
+    check_low_precision(fn, reference_fn, inputs, NAMES, dtype)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_runs_the_same_every_time(target):
+    """No atomics: the tokens and gradients are bit for bit the same from run to run."""
+    inputs = leaves(make_inputs(3, 16, 1000, device="cuda"))
+    grad = torch.randn(3, 4, 49, device="cuda")
+    first, second = (torch.autograd.grad(audio_squeeze_tokens.ext(*inputs, 4, 49), inputs, grad) for _ in range(2))
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_wrapper_trains_through_the_cuda_kernels(target, monkeypatch):
+    check_wrapper_trains_through_cpp(audio_squeeze_tokens, make_inputs(1, 3, 80, device="cuda"), (2, 7), monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("target", [EXT_CUDA])
+def test_gpu_opcheck(target, dtype):
+    inputs = make_inputs(2, 3, 40, 3, 7, device="cuda")
+    inputs[0] = inputs[0].to(dtype)
+    opcheck_trainable(audio_squeeze_tokens, inputs, (2, 5))
 
 
 # ---- triton: the interpreter here, the GPU where there is one ---------------------------------------------
