@@ -42,7 +42,7 @@ Tensor = torch.Tensor
 OP = "video_expand_residual"
 # where avfused.backends sends the op to the extension: the CUDA kernels (run by ext on CUDA tensors) join once
 # their GPU tests (tests/ops/test_video_expand_residual.py, marked gpu) have passed on a GPU; until then models
-# on GPUs keep the reference
+# on GPUs run its Triton kernels (auto) or the reference
 EXT_DEVICES = ("cpu",)
 EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own activation dtypes
 
