@@ -191,6 +191,35 @@ def register_trainable_ext(op: str, fake) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# batch-statistics ops (the SAAVM's training batch norms): (x, weight, bias) -> (mean (C,), var (C,))
+# ---------------------------------------------------------------------------------------------
+def register_statistics_op(qualname: str) -> None:
+    """The fakes of the statistics op ``qualname`` (x, weight, bias) -> (mean, var), float32 of bias's shape, and
+    of ``qualname``_backward (grad_mean, grad_var, x, weight, bias, mean) -> gradients like (x, weight, bias);
+    and the op's autograd through that backward op (it saves the inputs and the mean, and recomputes the rest)."""
+    namespace, name = qualname.split("::")
+
+    def fake(x, weight, bias):  # float32, as the weights (whatever the activations' dtype)
+        return bias.new_empty(bias.shape, dtype=torch.float32), bias.new_empty(bias.shape, dtype=torch.float32)
+
+    def backward_fake(grad_mean, grad_var, x, weight, bias, mean):
+        return tuple(t.new_empty(t.shape) for t in (x, weight, bias))
+
+    torch.library.register_fake(qualname)(fake)
+    torch.library.register_fake(f"{qualname}_backward")(backward_fake)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, output[0])
+
+    def backward(ctx, grad_mean, grad_var):
+        backward_op = getattr(getattr(torch.ops, namespace), f"{name}_backward")  # looked up per call: tests wrap
+        # float32, contiguous: the gradient of an output the loss does not use comes as (expanded) zeros
+        return backward_op(grad_mean.float().contiguous(), grad_var.float().contiguous(), *ctx.saved_tensors)
+
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
 # autocast: what a raw torch.ops.avfused_*::<op> call does inside torch.autocast
 # ---------------------------------------------------------------------------------------------
 FLOAT32_ONLY = {"cpu": (torch.float32,), "cuda": (torch.float32,)}

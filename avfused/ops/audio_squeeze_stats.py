@@ -40,13 +40,14 @@ from avfused.ops._common import (
     check_shape,
     check_tensors,
     register_autocast,
+    register_statistics_op,
 )
 
 Tensor = torch.Tensor
 OP = "audio_squeeze_stats"
 # where avfused.backends sends the op to the extension: the CUDA kernels (run by ext on CUDA tensors) join once
 # their GPU tests (tests/ops/test_audio_squeeze_stats.py, marked gpu) have passed on a GPU; until then models
-# on GPUs keep the reference
+# on GPUs run its Triton kernels (auto) or the reference
 EXT_DEVICES = ("cpu",)
 EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for audio
 
@@ -76,11 +77,6 @@ def triton_forward(audio: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor,
     return launch_forward(audio, weight, bias)
 
 
-@triton_forward.register_fake
-def _(audio, weight, bias):
-    return bias.new_empty(bias.shape, dtype=torch.float32), bias.new_empty(bias.shape, dtype=torch.float32)
-
-
 @torch.library.custom_op("avfused_triton::audio_squeeze_stats_backward", mutates_args=())
 def triton_backward(grad_mean: Tensor, grad_var: Tensor, audio: Tensor, weight: Tensor, bias: Tensor,
                     mean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -90,22 +86,7 @@ def triton_backward(grad_mean: Tensor, grad_var: Tensor, audio: Tensor, weight: 
     return launch_backward(grad_mean, grad_var, audio, weight, bias, mean)
 
 
-@triton_backward.register_fake
-def _(grad_mean, grad_var, audio, weight, bias, mean):
-    return audio.new_empty(audio.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
-
-
-def _triton_setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs, output[0])
-
-
-def _triton_autograd(ctx, grad_mean, grad_var):
-    audio, weight, bias, mean = ctx.saved_tensors
-    grad_mean, grad_var = grad_mean.float().contiguous(), grad_var.float().contiguous()  # zeros where unused
-    return triton_backward(grad_mean, grad_var, audio, weight, bias, mean)
-
-
-triton_forward.register_autograd(_triton_autograd, setup_context=_triton_setup_context)
+register_statistics_op("avfused_triton::audio_squeeze_stats")
 
 
 def triton(audio: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -130,29 +111,7 @@ def ext(audio: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     return mean.to(audio.dtype), var.to(audio.dtype)
 
 
-def _register_ext() -> None:
-    """Fakes and autograd of the extension's ops (their schemas and kernels come from csrc/)."""
-
-    @torch.library.register_fake("avfused_ext::audio_squeeze_stats")
-    def _(audio, weight, bias):  # float32, as the weights (whatever the audio's dtype)
-        return bias.new_empty(bias.shape), bias.new_empty(bias.shape)
-
-    @torch.library.register_fake("avfused_ext::audio_squeeze_stats_backward")
-    def _(grad_mean, grad_var, audio, weight, bias, mean):
-        return audio.new_empty(audio.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
-
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs, output[0])
-
-    def backward(ctx, grad_mean, grad_var):
-        audio, weight, bias, mean = ctx.saved_tensors
-        backward_op = torch.ops.avfused_ext.audio_squeeze_stats_backward  # looked up per call: tests may wrap it
-        return backward_op(grad_mean.contiguous(), grad_var.contiguous(), audio, weight, bias, mean)
-
-    torch.library.register_autograd("avfused_ext::audio_squeeze_stats", backward, setup_context=setup_context)
-
-
 register_autocast("avfused_triton::audio_squeeze_stats", (0,), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
-    _register_ext()
+    register_statistics_op("avfused_ext::audio_squeeze_stats")
     register_autocast("avfused_ext::audio_squeeze_stats", (0,), EXT_HALF_ON_CUDA)

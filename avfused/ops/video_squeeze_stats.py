@@ -33,6 +33,7 @@ from avfused.ops._common import (
     check_shape,
     check_tensors,
     register_autocast,
+    register_statistics_op,
 )
 
 Tensor = torch.Tensor
@@ -63,11 +64,6 @@ def triton_forward(video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> tuple[T
     return launch_forward(video, dw_weight, dw_bias)
 
 
-@triton_forward.register_fake
-def _(video, dw_weight, dw_bias):
-    return dw_bias.new_empty(dw_bias.shape, dtype=torch.float32), dw_bias.new_empty(dw_bias.shape, dtype=torch.float32)
-
-
 @torch.library.custom_op("avfused_triton::video_squeeze_stats_backward", mutates_args=())
 def triton_backward(grad_mean: Tensor, grad_var: Tensor, video: Tensor, dw_weight: Tensor, dw_bias: Tensor,
                     mean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -77,22 +73,7 @@ def triton_backward(grad_mean: Tensor, grad_var: Tensor, video: Tensor, dw_weigh
     return launch_backward(grad_mean, grad_var, video, dw_weight, dw_bias, mean)
 
 
-@triton_backward.register_fake
-def _(grad_mean, grad_var, video, dw_weight, dw_bias, mean):
-    return video.new_empty(video.shape), dw_weight.new_empty(dw_weight.shape), dw_bias.new_empty(dw_bias.shape)
-
-
-def _triton_setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs, output[0])
-
-
-def _triton_autograd(ctx, grad_mean, grad_var):
-    video, dw_weight, dw_bias, mean = ctx.saved_tensors
-    grad_mean, grad_var = grad_mean.float().contiguous(), grad_var.float().contiguous()  # zeros where unused
-    return triton_backward(grad_mean, grad_var, video, dw_weight, dw_bias, mean)
-
-
-triton_forward.register_autograd(_triton_autograd, setup_context=_triton_setup_context)
+register_statistics_op("avfused_triton::video_squeeze_stats")
 
 
 def triton(video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -115,27 +96,7 @@ def ext(video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> tuple[Tensor, Tens
     return mean.to(video.dtype), var.to(video.dtype)
 
 
-def _register_ext() -> None:
-    """Fakes and autograd of the extension's ops (their schemas and kernels come from csrc/)."""
-
-    @torch.library.register_fake("avfused_ext::video_squeeze_stats")
-    def _(video, dw_weight, dw_bias):  # float32, as the weights (whatever the activations' dtype)
-        return dw_bias.new_empty(dw_bias.shape), dw_bias.new_empty(dw_bias.shape)
-
-    @torch.library.register_fake("avfused_ext::video_squeeze_stats_backward")
-    def _(grad_mean, grad_var, video, dw_weight, dw_bias, mean):
-        return tuple(t.new_empty(t.shape) for t in (video, dw_weight, dw_bias))
-
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs, output[0])
-
-    def backward(ctx, grad_mean, grad_var):
-        return torch.ops.avfused_ext.video_squeeze_stats_backward(grad_mean, grad_var, *ctx.saved_tensors)
-
-    torch.library.register_autograd("avfused_ext::video_squeeze_stats", backward, setup_context=setup_context)
-
-
 register_autocast("avfused_triton::video_squeeze_stats", (0,), TRITON_DTYPES)
 if EXT_REASONS["cpu"] is None:
-    _register_ext()
+    register_statistics_op("avfused_ext::video_squeeze_stats")
     register_autocast("avfused_ext::video_squeeze_stats", (0,), EXT_HALF_ON_CUDA)
