@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+from avfused.nn.batch_norm_fold import channel_moments
 from avfused.nn.vpm import VPM
 from avfused.testing import assert_matches_reference
 from tests.helpers import EXT_CPU, TRITON
@@ -81,3 +82,15 @@ def test_reference_vpm_keeps_its_batch_norms():
     calls = _norms_never_run(vpm)
     vpm(torch.randn(1, 3, 2, 5, 5))
     assert calls == ["norm1", "norm2"]
+
+
+def test_channel_moments_match_their_definition():
+    """Forward against float64 with a mean 300 standard deviations from zero (no E[x^2] - E[x]^2 cancellation),
+    and every gradient by torch.autograd.gradcheck in float64, on a non-contiguous input."""
+    x = (300.0 + torch.randn(3, 7, 5, 6, dtype=torch.float64)).transpose(2, 3)
+    mean, var = channel_moments(x.float())
+    expected_var, expected_mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double(), expected_var, rtol=1e-3, atol=0)
+    small = torch.randn(2, 3, 4, 5, dtype=torch.float64).transpose(2, 3).requires_grad_()
+    assert torch.autograd.gradcheck(channel_moments, (small,))
