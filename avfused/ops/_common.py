@@ -156,16 +156,6 @@ def register_forward_only_ext(op: str, fake) -> None:
 # ---------------------------------------------------------------------------------------------
 # extension ops with a C++ CPU backward (the SAAVM's token building and scatter-back, which also train)
 # ---------------------------------------------------------------------------------------------
-def trainable_ext(op: str, tensors: tuple[Tensor, ...], *scalars: object) -> Tensor:
-    """Run ``avfused_ext::<op>`` on float32 copies of ``tensors`` and ``scalars``, cast back to the first tensor's
-    dtype; autograd records it (its backward is the C++ op ``avfused_ext::<op>_backward``). CUDA tensors run
-    ``reference.<op>``."""
-    if tensors[0].device.type == "cuda":
-        return reference_on_gpu(op)(*tensors, *scalars)
-    out = getattr(torch.ops.avfused_ext, op)(*(t.float() for t in tensors), *scalars)
-    return out.to(tensors[0].dtype)
-
-
 def register_trainable_ext(op: str, fake) -> None:
     """The fakes of ``avfused_ext::<op>`` and ``avfused_ext::<op>_backward`` (grad_outputs..., the op's inputs ->
     one gradient per tensor input) and the op's autograd through the backward op; scalar inputs get None."""
