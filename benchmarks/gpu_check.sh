@@ -10,7 +10,8 @@
 #      fp32 (eager, triton, cuda) and under bf16 autocast (eager, triton, cuda, then torch.compile last);
 #   5. summary.md, one page of what passed, failed and was measured (benchmarks/gpu_summary.py).
 # Each step has a time limit inside one overall deadline (GPU_CHECK_SECONDS, default 345); a step that
-# fails or times out does not stop the others, and the benchmark writes its rows as it measures them.
+# fails or times out does not stop the others, a timed-out step is interrupted (SIGINT) so that pytest still
+# reports the tests that ran, and the benchmark writes its rows as it measures them.
 # Outputs: $OUT when set (at most 8 files: summary.md, logs.txt, tests.xml, environment.txt and each
 # benchmark run's <card>.json / .md), else benchmarks/results/gpu_check/. Exit status 1 if a step failed.
 #
@@ -41,7 +42,8 @@ step() {  # step NAME LIMIT COMMAND...: run within min(LIMIT, time left), log to
     fi
     local start=$SECONDS
     echo "== $name (limit ${limit}s): $*"
-    timeout --kill-after=10 "$limit" "$@" >"$WORK/$name.log" 2>&1
+    # SIGINT, not TERM, at the limit: pytest then still writes tests.xml for the tests that ran
+    timeout --signal=INT --kill-after=10 "$limit" "$@" >"$WORK/$name.log" 2>&1
     local rc=$?
     tail -n 15 "$WORK/$name.log"
     echo "== $name: exit $rc after $((SECONDS - start))s"

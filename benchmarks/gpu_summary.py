@@ -21,9 +21,20 @@ def _steps(work: Path) -> list[str]:
     path = work / "steps.tsv"
     for line in path.read_text().splitlines() if path.exists() else []:
         name, rc, seconds, limit = (line.split("\t") + ["", "", "", ""])[:4]
-        verdict = "ok" if rc == "0" else ("timed out" if rc in ("124", "137") else f"FAILED ({rc})")
+        verdict = {"0": "ok", "124": "timed out", "137": "timed out", "skipped": "not run: the deadline was reached"
+                   }.get(rc, f"FAILED ({rc})")
         lines.append(f"| {name} | {verdict} | {seconds} | {limit} |")
     return lines
+
+
+def _step_status(work: Path, name: str) -> str | None:
+    """A step's exit status as steps.tsv records it ("skipped" for one the deadline left out)."""
+    path = work / "steps.tsv"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        fields = line.split("\t")
+        if fields[0] == name and len(fields) > 1:
+            return fields[1]
+    return None
 
 
 def _tests(work: Path) -> list[str]:
@@ -36,6 +47,8 @@ def _tests(work: Path) -> list[str]:
     passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
     lines = [f"{passed} passed, {totals['failures']} failed, {totals['errors']} errors, {totals['skipped']} skipped "
              f"(of {totals['tests']})"]
+    if _step_status(work, "tests") in ("124", "137"):
+        lines.append("- interrupted at the step's time limit: the tests after these did not run")
     for case in root.iter("testcase"):
         for kind in ("failure", "error"):
             problem = case.find(kind)

@@ -207,6 +207,24 @@ def test_gpu_kernels_once_inputs_fit_every_op():
             sum(o.square().sum() for o in outputs).backward()
             assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in inputs), op
 
+def test_gpu_summary_reports_an_interrupted_test_step(tmp_path):
+    """gpu_check.sh interrupts a step at its limit (SIGINT, so pytest still writes tests.xml): the summary says
+    which tests ran, that the rest did not, and which steps the deadline left out."""
+    spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "benchmarks" / "gpu_summary.py")
+    gpu_summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_summary)
+    (tmp_path / "steps.tsv").write_text("install\t0\t80\t150\ntests\t124\t112\t110\nbench-bf16\tskipped\t0\t0\n")
+    (tmp_path / "tests.xml").write_text(
+        '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="0">'
+        '<testcase classname="t" name="a"/><testcase classname="t" name="b"><failure message="off by 2"/></testcase>'
+        '<testcase classname="t" name="c"/></testsuite></testsuites>')
+    text = gpu_summary.summary(tmp_path)
+    assert "| install | ok | 80 | 150 |" in text and "| tests | timed out | 112 | 110 |" in text
+    assert "| bench-bf16 | not run: the deadline was reached |" in text
+    assert "2 passed, 1 failed, 0 errors, 0 skipped (of 3)" in text
+    assert "- failure: t::b: off by 2" in text
+    assert "interrupted at the step's time limit" in text
+
 def _row(variant: str, median: float, peak: float, mode: str = "train_step", batch: int = 8, subject: str = "model"):
     return Row(subject, mode, batch, variant, variant, "ok", median_ms=median, peak_mib=peak)
 
