@@ -215,6 +215,12 @@ def register_statistics_op(qualname: str) -> None:
 FLOAT32_ONLY = {"cpu": (torch.float32,), "cuda": (torch.float32,)}
 # the extension ops whose CUDA kernels read fp16 / bf16 activations (their C++ ones: float32)
 EXT_HALF_ON_CUDA = {"cpu": (torch.float32,), "cuda": (torch.float32, torch.float16, torch.bfloat16)}
+
+
+def ext_activation_dtype(x: Tensor) -> torch.dtype:
+    """The dtype an EXT_HALF_ON_CUDA op's kernels read x in: x's own where they take it on x's device, else
+    float32 (the C++ kernels; float64 is computed in float32)."""
+    return x.dtype if x.dtype in EXT_HALF_ON_CUDA.get(x.device.type, ()) else torch.float32
 _AUTOCAST_LIBRARIES: dict[str, torch.library.Library] = {}  # kept alive: a registration lives as long as its library
 
 

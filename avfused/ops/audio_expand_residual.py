@@ -36,6 +36,7 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
+    ext_activation_dtype,
     register_autocast,
     register_trainable_ext,
 )
@@ -46,7 +47,6 @@ OP = "audio_expand_residual"
 # their GPU tests (tests/ops/test_audio_expand_residual.py, marked gpu) have passed on a GPU; until then models
 # on GPUs run its Triton kernels (auto) or the reference
 EXT_DEVICES = ("cpu",)
-EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own activation dtypes
 
 
 def check_inputs(backend: str, audio: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor) -> None:
@@ -125,8 +125,7 @@ def triton(audio: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: T
 def ext(audio: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
     """The extension backend of the op; returns audio's dtype (computed in float32)."""
     check_inputs("ext", audio, tokens, weight, bias, scale)
-    cuda = audio.device.type == "cuda"
-    activations = audio.dtype if cuda and audio.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    activations = ext_activation_dtype(audio)
     out = torch.ops.avfused_ext.audio_expand_residual(audio.to(activations), tokens.to(activations), weight.float(),
                                                       bias.float(), scale.float())
     return out.to(audio.dtype)

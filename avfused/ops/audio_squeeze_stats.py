@@ -39,6 +39,7 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
+    ext_activation_dtype,
     register_autocast,
     register_statistics_op,
 )
@@ -49,7 +50,6 @@ OP = "audio_squeeze_stats"
 # their GPU tests (tests/ops/test_audio_squeeze_stats.py, marked gpu) have passed on a GPU; until then models
 # on GPUs run its Triton kernels (auto) or the reference
 EXT_DEVICES = ("cpu",)
-EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for audio
 
 
 def check_inputs(backend: str, audio: Tensor, weight: Tensor, bias: Tensor) -> None:
@@ -105,8 +105,7 @@ def triton(audio: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]
 def ext(audio: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     """The extension backend of the op; returns audio's dtype (computed in float32, the sums in double)."""
     check_inputs("ext", audio, weight, bias)
-    cuda = audio.device.type == "cuda"
-    activations = audio.dtype if cuda and audio.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    activations = ext_activation_dtype(audio)
     mean, var = torch.ops.avfused_ext.audio_squeeze_stats(audio.to(activations), weight.float(), bias.float())
     return mean.to(audio.dtype), var.to(audio.dtype)
 

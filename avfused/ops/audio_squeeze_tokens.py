@@ -36,6 +36,7 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
+    ext_activation_dtype,
     register_autocast,
     register_trainable_ext,
 )
@@ -46,7 +47,6 @@ OP = "audio_squeeze_tokens"
 # their GPU tests (tests/ops/test_audio_squeeze_tokens.py, marked gpu) have passed on a GPU; until then models
 # on GPUs run its Triton kernels (auto) or the reference
 EXT_DEVICES = ("cpu",)
-EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for audio
 
 
 def check_inputs(backend: str, audio: Tensor, weight: Tensor, bias: Tensor, to_one: Tensor, to_one_bias: Tensor,
@@ -133,8 +133,7 @@ def ext(audio: Tensor, weight: Tensor, bias: Tensor, to_one: Tensor, to_one_bias
         token_dim: int) -> Tensor:
     """The extension backend of the op; returns audio's dtype (computed in float32)."""
     check_inputs("ext", audio, weight, bias, to_one, to_one_bias, frames, token_dim)
-    cuda = audio.device.type == "cuda"
-    activations = audio.dtype if cuda and audio.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    activations = ext_activation_dtype(audio)
     weights = (t.float() for t in (weight, bias, to_one, to_one_bias))
     out = torch.ops.avfused_ext.audio_squeeze_tokens(audio.to(activations), *weights, frames, token_dim)
     return out.to(audio.dtype)

@@ -34,6 +34,7 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
+    ext_activation_dtype,
     reference_on_gpu,
     register_autocast,
 )
@@ -42,7 +43,6 @@ Tensor = torch.Tensor
 OP = "conv_mlp"
 EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
 EXT_CUDA_MAX_CHANNELS = 256  # the CUDA kernels keep every channel of a tile in shared memory (wider: the reference)
-EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for x
 TRITON_MAX_CHANNELS = 256  # the Triton kernel holds all channels of a pixel in registers
 
 
@@ -139,7 +139,7 @@ def ext(x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out
     if cuda and x.shape[1] > EXT_CUDA_MAX_CHANNELS:
         return reference_on_gpu(OP)(x, w_in, b_in, w_dw, b_dw, w_out, b_out)
     w_in, w_dw, w_out = _flat_weights(x, w_in, w_dw, w_out)
-    activations = x.dtype if cuda and x.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    activations = ext_activation_dtype(x)
     weights = (t.float() for t in (w_in, b_in, w_dw, b_dw, w_out, b_out))
     out = torch.ops.avfused_ext.conv_mlp(x.to(activations), *weights)
     return out.to(x.dtype)

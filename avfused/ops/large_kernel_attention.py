@@ -36,6 +36,7 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
+    ext_activation_dtype,
     reference_on_gpu,
     register_autocast,
 )
@@ -44,7 +45,6 @@ Tensor = torch.Tensor
 OP = "large_kernel_attention"
 EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
 EXT_CUDA_MAX_CHANNELS = 512  # the CUDA kernels keep every channel of a tile in shared memory (wider: the reference)
-EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for p
 TRITON_MAX_CHANNELS = 256  # the Triton kernel holds all channels of a pixel in registers
 
 
@@ -132,7 +132,7 @@ def ext(p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor, b
     if cuda and p.shape[1] > EXT_CUDA_MAX_CHANNELS:
         return reference_on_gpu(OP)(p, w5, b5, w7, b7, w1, b1)
     w5, w7, w1 = _flat_weights(p, w5, w7, w1)
-    activations = p.dtype if cuda and p.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    activations = ext_activation_dtype(p)
     weights = (t.float() for t in (w5, b5, w7, b7, w1, b1))
     out = torch.ops.avfused_ext.large_kernel_attention(p.to(activations), *weights)
     return out.to(p.dtype)

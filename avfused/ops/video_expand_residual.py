@@ -34,6 +34,7 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
+    ext_activation_dtype,
     register_autocast,
     register_trainable_ext,
 )
@@ -44,7 +45,6 @@ OP = "video_expand_residual"
 # their GPU tests (tests/ops/test_video_expand_residual.py, marked gpu) have passed on a GPU; until then models
 # on GPUs run its Triton kernels (auto) or the reference
 EXT_DEVICES = ("cpu",)
-EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own activation dtypes
 
 
 def check_inputs(backend: str, video: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor,
@@ -123,8 +123,7 @@ def triton(video: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: T
 def ext(video: Tensor, tokens: Tensor, weight: Tensor, bias: Tensor, scale: Tensor, window: int) -> Tensor:
     """The extension backend of the op; returns video's dtype (computed in float32)."""
     check_inputs("ext", video, tokens, weight, bias, scale, window)
-    cuda = video.device.type == "cuda"
-    activations = video.dtype if cuda and video.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    activations = ext_activation_dtype(video)
     out = torch.ops.avfused_ext.video_expand_residual(video.to(activations), tokens.to(activations), weight.float(),
                                                       bias.float(), scale.float(), window)
     return out.to(video.dtype)

@@ -32,6 +32,7 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
+    ext_activation_dtype,
     register_autocast,
     register_statistics_op,
 )
@@ -39,7 +40,6 @@ from avfused.ops._common import (
 Tensor = torch.Tensor
 OP = "video_squeeze_stats"
 EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
-EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for video
 
 
 def check_inputs(backend: str, video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> None:
@@ -90,8 +90,7 @@ def ext(video: Tensor, dw_weight: Tensor, dw_bias: Tensor) -> tuple[Tensor, Tens
     """The extension backend of the op; returns (mean, var) in video's dtype (computed in float32, summed in
     double)."""
     check_inputs("ext", video, dw_weight, dw_bias)
-    cuda = video.device.type == "cuda"
-    activations = video.dtype if cuda and video.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    activations = ext_activation_dtype(video)
     mean, var = torch.ops.avfused_ext.video_squeeze_stats(video.to(activations), dw_weight.float(), dw_bias.float())
     return mean.to(video.dtype), var.to(video.dtype)
 

@@ -30,13 +30,13 @@ from avfused.ops._common import (
     check_rank,
     check_shape,
     check_tensors,
+    ext_activation_dtype,
     register_autocast,
 )
 
 Tensor = torch.Tensor
 OP = "video_squeeze_tokens"
 EXT_DEVICES = ("cpu", "cuda")  # where the extension has kernels for this op
-EXT_CUDA_ACTIVATIONS = (torch.float16, torch.bfloat16, torch.float32)  # the CUDA kernels' own dtypes for video
 
 
 def check_inputs(backend: str, video: Tensor, dw_weight: Tensor, dw_bias: Tensor, weight: Tensor, bias: Tensor,
@@ -119,8 +119,7 @@ def ext(video: Tensor, dw_weight: Tensor, dw_bias: Tensor, weight: Tensor, bias:
         window: int) -> Tensor:
     """The extension backend of the op; returns video's dtype (computed in float32)."""
     check_inputs("ext", video, dw_weight, dw_bias, weight, bias, frames, window)
-    cuda = video.device.type == "cuda"
-    activations = video.dtype if cuda and video.dtype in EXT_CUDA_ACTIVATIONS else torch.float32
+    activations = ext_activation_dtype(video)
     weights = (t.float() for t in (dw_weight, dw_bias, weight, bias))
     out = torch.ops.avfused_ext.video_squeeze_tokens(video.to(activations), *weights, frames, window)
     return out.to(video.dtype)
