@@ -70,16 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> audio_squeeze_stats_backward_cuda
   const c10::cuda::CUDAGuard guard(audio.device());
   const StatsCudaInputs in = check_cuda_inputs(op, audio, weight, bias);
   const int64_t c = in.channels;
-  const char* names[] = {"grad_mean", "grad_var", "mean"};
-  const at::Tensor* vectors[] = {&grad_mean, &grad_var, &mean};
-  for (int i = 0; i < 3; ++i) {
-    TORCH_CHECK(vectors[i]->sizes() == at::IntArrayRef({c}), "avfused_ext.", op, ": ", names[i], " must be (", c,
-                "), got ", vectors[i]->sizes());
-  }
-  const at::Device device = in.audio.device();
-  const at::Tensor grad_mean_c = cuda_weight(op, "grad_mean", grad_mean, device);
-  const at::Tensor grad_var_c = cuda_weight(op, "grad_var", grad_var, device);
-  const at::Tensor mean_c = cuda_weight(op, "mean", mean, device);
+  const StatisticsGradients g = statistics_gradients(op, c, grad_mean, grad_var, mean, in.audio.device());
   const int channels = static_cast<int>(c), length = static_cast<int>(in.length), kernel = static_cast<int>(in.kernel);
   const cuda::DeviceLimits limits = current_device_limits();
   const cuda::LaunchNeeds needs = cuda::audio_squeeze_stats_backward_needs(in.clips, channels, length, kernel, limits);
@@ -91,8 +82,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> audio_squeeze_stats_backward_cuda
   at::Tensor grad_weight = at::empty({c, c, in.kernel}, weights), grad_bias = at::empty({c}, weights);
   at::Tensor partials = at::empty({needs.workspace}, weights);
   check_launch(cuda::launch_audio_squeeze_stats_backward(
-                   in.type, grad_mean_c.data_ptr<float>(), grad_var_c.data_ptr<float>(), in.audio.data_ptr(),
-                   in.weight.data_ptr<float>(), in.bias.data_ptr<float>(), mean_c.data_ptr<float>(),
+                   in.type, g.grad_mean.data_ptr<float>(), g.grad_var.data_ptr<float>(), in.audio.data_ptr(),
+                   in.weight.data_ptr<float>(), in.bias.data_ptr<float>(), g.mean.data_ptr<float>(),
                    grad_audio.data_ptr(), grad_weight.data_ptr<float>(), grad_bias.data_ptr<float>(),
                    partials.data_ptr<float>(), in.clips, channels, length, kernel, limits,
                    c10::cuda::getCurrentCUDAStream()),

@@ -131,6 +131,23 @@ inline at::Tensor cuda_weight(const char* op, const char* name, const at::Tensor
   return t.contiguous();
 }
 
+// The (C,) float32 vectors a batch-statistics backward takes (grad_mean, grad_var, mean), checked and on `device`.
+struct StatisticsGradients {
+  at::Tensor grad_mean, grad_var, mean;
+};
+inline StatisticsGradients statistics_gradients(const char* op, int64_t channels, const at::Tensor& grad_mean,
+                                                const at::Tensor& grad_var, const at::Tensor& mean,
+                                                const at::Device& device) {
+  const char* names[] = {"grad_mean", "grad_var", "mean"};
+  const at::Tensor* vectors[] = {&grad_mean, &grad_var, &mean};
+  for (int i = 0; i < 3; ++i) {
+    TORCH_CHECK(vectors[i]->sizes() == at::IntArrayRef({channels}), "avfused_ext.", op, ": ", names[i], " must be (",
+                channels, "), got ", vectors[i]->sizes());
+  }
+  return {cuda_weight(op, "grad_mean", grad_mean, device), cuda_weight(op, "grad_var", grad_var, device),
+          cuda_weight(op, "mean", mean, device)};
+}
+
 // The current device's multiprocessors and shared memory per block (with the opt-in).
 inline cuda::DeviceLimits current_device_limits() {
   const cudaDeviceProp* properties = at::cuda::getCurrentDeviceProperties();

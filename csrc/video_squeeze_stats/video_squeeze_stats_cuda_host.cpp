@@ -61,21 +61,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> video_squeeze_stats_backward_cuda
   const c10::cuda::CUDAGuard guard(video.device());
   const StatsCudaInputs in = check_cuda_inputs(op, video, dw_weight, dw_bias);
   const int64_t c = in.channels;
-  const char* names[] = {"grad_mean", "grad_var", "mean"};
-  const at::Tensor* vectors[] = {&grad_mean, &grad_var, &mean};
-  for (int i = 0; i < 3; ++i) {
-    TORCH_CHECK(vectors[i]->sizes() == at::IntArrayRef({c}), "avfused_ext.", op, ": ", names[i], " must be (", c,
-                "), got ", vectors[i]->sizes());
-  }
-  const at::Device device = in.video.device();
-  const at::Tensor grad_mean_c = cuda_weight(op, "grad_mean", grad_mean, device);
-  const at::Tensor grad_var_c = cuda_weight(op, "grad_var", grad_var, device);
-  const at::Tensor mean_c = cuda_weight(op, "mean", mean, device);
+  const StatisticsGradients g = statistics_gradients(op, c, grad_mean, grad_var, mean, in.video.device());
   at::Tensor grad_video = at::empty_like(in.video);
   at::Tensor d_dw = at::zeros({c, 1, 3, 3}, in.dw.options()), d_dw_bias = at::zeros({c}, in.dw.options());
   check_launch(cuda::launch_video_squeeze_stats_backward(
-                   in.type, grad_mean_c.data_ptr<float>(), grad_var_c.data_ptr<float>(), in.video.data_ptr(),
-                   in.dw.data_ptr<float>(), in.dw_bias.data_ptr<float>(), mean_c.data_ptr<float>(),
+                   in.type, g.grad_mean.data_ptr<float>(), g.grad_var.data_ptr<float>(), in.video.data_ptr(),
+                   in.dw.data_ptr<float>(), in.dw_bias.data_ptr<float>(), g.mean.data_ptr<float>(),
                    grad_video.data_ptr(), d_dw.data_ptr<float>(), d_dw_bias.data_ptr<float>(), in.images,
                    static_cast<int>(c), static_cast<int>(in.height), static_cast<int>(in.width),
                    c10::cuda::getCurrentCUDAStream()),
