@@ -16,25 +16,20 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 
+def _step_rows(work: Path) -> list[tuple[str, str, str, str]]:
+    """steps.tsv's rows: (name, exit status -- "skipped" for a step the deadline left out --, seconds, limit)."""
+    path = work / "steps.tsv"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [tuple((line.split("\t") + ["", "", "", ""])[:4]) for line in lines]
+
+
 def _steps(work: Path) -> list[str]:
     lines = ["| step | exit | seconds | limit |", "|---|---|---|---|"]
-    path = work / "steps.tsv"
-    for line in path.read_text().splitlines() if path.exists() else []:
-        name, rc, seconds, limit = (line.split("\t") + ["", "", "", ""])[:4]
+    for name, rc, seconds, limit in _step_rows(work):
         verdict = {"0": "ok", "124": "timed out", "137": "timed out", "skipped": "not run: the deadline was reached"
                    }.get(rc, f"FAILED ({rc})")
         lines.append(f"| {name} | {verdict} | {seconds} | {limit} |")
     return lines
-
-
-def _step_status(work: Path, name: str) -> str | None:
-    """A step's exit status as steps.tsv records it ("skipped" for one the deadline left out)."""
-    path = work / "steps.tsv"
-    for line in path.read_text().splitlines() if path.exists() else []:
-        fields = line.split("\t")
-        if fields[0] == name and len(fields) > 1:
-            return fields[1]
-    return None
 
 
 def _tests(work: Path) -> list[str]:
@@ -47,7 +42,7 @@ def _tests(work: Path) -> list[str]:
     passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
     lines = [f"{passed} passed, {totals['failures']} failed, {totals['errors']} errors, {totals['skipped']} skipped "
              f"(of {totals['tests']})"]
-    if _step_status(work, "tests") in ("124", "137"):
+    if any(name == "tests" and rc in ("124", "137") for name, rc, _, _ in _step_rows(work)):
         lines.append("- interrupted at the step's time limit: the tests after these did not run")
     for case in root.iter("testcase"):
         for kind in ("failure", "error"):
