@@ -5,8 +5,10 @@
 At the small model's size (256 sinc filters of 251 taps, 3 s = 48000 samples of 16 kHz audio, the stem's
 8 channels) this times, in one process with the formulations interleaved repeat by repeat:
 
-* ``cpp direct``: the extension's fused op today (avfused.ops.audio_frontend_stem.ext: symmetric taps folded,
-  band energies never in memory);
+* ``cpp direct``: the extension's fused op as a sum over taps (avfused.ops.audio_frontend_stem.ext with
+  formulation="direct": symmetric taps folded, band energies never in memory);
+* ``cpp fft``: the same fused op by FFT (formulation="fft", what "auto" runs on the CPU: overlap-save in
+  1024-sample windows, two filters per complex transform, the log, recompute and stem fused after it);
 * ``torch direct``: the reference in float32 (F.conv1d over the whole signal, then log, mean, stem conv);
 * ``torch fft-ols N``: overlap-save with N-point real FFTs of the filterbank's flipped taps, in chunks of
   filters so that at most (B, chunk, S) band signals exist, then the same log, mean and stem conv;
@@ -135,6 +137,9 @@ def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> di
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+FUSED = ("direct", "fft")  # the extension's two CPU forwards
+
+
 def errors(wave64: Tensor, params: tuple[Tensor, ...], log_eps: float) -> list[dict]:
     """Each formulation's relative errors against float64 at one log_eps (and torch fp32's, the rule's yardstick)."""
     low, band, weight = params
@@ -154,10 +159,11 @@ def errors(wave64: Tensor, params: tuple[Tensor, ...], log_eps: float) -> list[d
         out = op_from_bands(bands, wave, low, band, weight, log_eps)
         rows.append({"formulation": f"torch {name}", "bands": relative_error(y, bands64),
                      "log energies": relative_error(energies, energies64), "output": relative_error(out, out64)})
-    with torch.no_grad():
-        out = audio_frontend_stem.ext(wave, low, band, weight, log_eps=log_eps)
-    rows.append({"formulation": "cpp direct", "bands": None, "log energies": None,
-                 "output": relative_error(out, out64)})
+    for formulation in FUSED:
+        with torch.no_grad():
+            out = audio_frontend_stem.ext(wave, low, band, weight, log_eps=log_eps, formulation=formulation)
+        rows.append({"formulation": f"cpp {formulation}", "bands": None, "log energies": None,
+                     "output": relative_error(out, out64)})
     return rows
 
 
@@ -188,11 +194,13 @@ def main() -> None:
         "## Time (median ms per clip; the whole op: pre-emphasis + norm + filters + |.| + log + mean + stem conv)",
         "",
     ]
-    names = ["cpp direct", "torch direct"] + [f"torch {name}" for name in formulations() if name != "direct"]
+    names = [f"cpp {f}" for f in FUSED] + ["torch direct"]
+    names += [f"torch {name}" for name in formulations() if name != "direct"]
     table = ["| batch | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for batch in (int(b) for b in options.batches.split(",")):
         wave = signal("noise", batch, config.num_samples, generator).float()
-        calls = {"cpp direct": lambda w=wave: audio_frontend_stem.ext(w, low, band, weight)}
+        calls = {f"cpp {f}": lambda w=wave, f=f: audio_frontend_stem.ext(w, low, band, weight, formulation=f)
+                 for f in FUSED}
         for name, bands in formulations().items():
             calls[f"torch {name}"] = lambda w=wave, b=bands: op_from_bands(b, w, low, band, weight, config.log_eps)
         with torch.no_grad():

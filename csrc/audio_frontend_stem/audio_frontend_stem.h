@@ -4,8 +4,10 @@
 // (audio_frontend_stem_cuda.cu, audio_frontend_stem_cuda_host.cpp) halves.
 //
 // Ops (schemas in audio_frontend_stem_cpu.cpp):
-//   audio_frontend_stem(x (B,S), filters (F,K), stem_weight (C,F,7), log_eps, exact_below, linear_phase)
-//       -> (out (B,C,ceil(S/4)), band_mean (B,F))
+//   audio_frontend_stem(x (B,S), filters (F,K), stem_weight (C,F,7), log_eps, exact_below, linear_phase,
+//                       formulation) -> (out (B,C,ceil(S/4)), band_mean (B,F))
+//       formulation: "direct" (the sum over taps), "fft" (overlap-save, CPU only: audio_frontend_stem_fft_cpu.cpp)
+//       or "auto" (the FFT on the CPU where the filters are long enough for it to be faster)
 //   audio_frontend_stem_backward(grad_out, x, filters, stem_weight, band_mean, log_eps, exact_below,
 //                                linear_phase, output_mask) -> (grad_x, grad_filters, grad_stem_weight)
 // x and filters are float32 or float64 (one dtype); the arithmetic is float32 except where it is ill
@@ -155,6 +157,12 @@ inline AudioFrontendStemInputs check_audio_frontend_stem_inputs(const at::Tensor
   in.outputs = (in.samples + kStemStride - 1) / kStemStride;
   return in;
 }
+
+// The forward by FFT (audio_frontend_stem_fft_cpu.cpp): stem outputs per tile for K taps (< 1: K too long
+// for its window), and (acc (B, C, O), tile_sums (B, tiles, F)) as the direct forward's before mean removal.
+int64_t fft_forward_out_tile(int64_t taps);
+std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_fft_forward(const AudioFrontendStemInputs& in, double log_eps,
+                                                                   double exact_below);
 
 // 1 where stem tap j of output o lands inside [0, S): (O, 7).
 inline at::Tensor stem_tap_inside(int64_t samples, int64_t outputs, const at::TensorOptions& options) {

@@ -27,65 +27,19 @@
 
 #include "../common/simd.h"
 #include "audio_frontend_stem.h"
+#include "exact_recompute.h"
 
 namespace avfused {
 namespace {
 
+using exact::any_below;
+using exact::dot64;
+using exact::fill_window64;
+using exact::local_rms;
+
 constexpr int64_t kMaxFilterBlock = 8;  // the filter bank is zero-padded to a multiple of this
 
 inline int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
-
-// ---------------------------------------------------------------------------------------------
-// float64 helpers of the exact recompute
-// ---------------------------------------------------------------------------------------------
-typedef double double4 __attribute__((vector_size(32)));
-
-AVFUSED_INLINE double dot64(const double* a, const double* b, int64_t n) {
-  double4 acc[4] = {};  // four chains: the loop is bound by the FMA latency, not its throughput
-  int64_t k = 0;
-  for (; k + 16 <= n; k += 16) {
-    for (int i = 0; i < 4; ++i) {
-      double4 av, bv;
-      std::memcpy(&av, a + k + 4 * i, sizeof(av));
-      std::memcpy(&bv, b + k + 4 * i, sizeof(bv));
-      acc[i] += av * bv;
-    }
-  }
-  const double4 total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-  double sum = (total[0] + total[1]) + (total[2] + total[3]);
-  for (; k < n; ++k) sum += a[k] * b[k];
-  return sum;
-}
-
-// out[i] = factor * rms(window[i .. i + K)) for i in [0, count): the scale of y's float32 rounding error.
-inline void local_rms(const double* window, int64_t taps, int64_t count, double factor, float* out) {
-  double sum = 0;
-  for (int64_t k = 0; k < taps; ++k) sum += window[k] * window[k];
-  for (int64_t i = 0; i < count; ++i) {
-    if (i > 0) sum += window[i + taps - 1] * window[i + taps - 1] - window[i - 1] * window[i - 1];
-    out[i] = static_cast<float>(factor * std::sqrt(std::max(sum, 0.0) / taps));
-  }
-}
-
-// Whether any of W responses is below its exact-recompute threshold (threshold * norm).
-template <int W>
-AVFUSED_INLINE bool any_below(const float* y, const float* threshold, float norm) {
-  using V = typename simd::Vec<W>::f;
-  const auto below = simd::abs(simd::load<V>(y)) < simd::load<V>(threshold) * norm;
-  uint64_t parts[W / 2];
-  std::memcpy(parts, &below, sizeof(parts));
-  uint64_t any = 0;
-  for (int i = 0; i < W / 2; ++i) any |= parts[i];
-  return any != 0;
-}
-
-// The float64 window of one clip: out[i] = x[first + i] for i in [0, count), zero outside [0, S).
-inline void fill_window64(const double* xb, int64_t samples, int64_t first, int64_t count, double* out) {
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t src = first + i;
-    out[i] = (src >= 0 && src < samples) ? xb[src] : 0.0;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // forward
@@ -211,8 +165,8 @@ AVFUSED_INLINE void run_tiles_impl(const TileArgs& a, int64_t unit_begin, int64_
         const int64_t f = f0 + fi;
         const float* yf = y.data() + fi * G::kPaddedPositions;
         float* le = log_energy.data();
-        for (int64_t i = 0; i < positions; i += 8) {  // 8 lanes measured faster than 16 here
-          simd::store(le + i, simd::fast_log(simd::abs(simd::load<simd::vec8>(yf + i)) + a.log_eps));
+        for (int64_t i = 0; i < positions; i += W) {  // y and le hold whole vectors past `positions`
+          simd::store(le + i, simd::fast_log(simd::abs(simd::load<typename simd::Vec<W>::f>(yf + i)) + a.log_eps));
         }
         if (exact) {  // near-zero responses: float64 from the float64 inputs
           const float norm = a.norms[f];
@@ -281,11 +235,9 @@ at::Tensor padded_taps(const AudioFrontendStemInputs& in) {
   return taps;
 }
 
-std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_cpu(const at::Tensor& x_in, const at::Tensor& filters_in,
-                                                           const at::Tensor& weight_in, double log_eps,
-                                                           double exact_below, bool linear_phase) {
-  const AudioFrontendStemInputs in = check_audio_frontend_stem_inputs(x_in, filters_in, weight_in, linear_phase,
-                                                                      exact_below, c10::DeviceType::CPU);
+// The direct forward: (acc (B, C, O), tile_sums (B, tiles, F)) before mean removal.
+std::tuple<at::Tensor, at::Tensor> direct_forward(const AudioFrontendStemInputs& in, double log_eps,
+                                                  double exact_below) {
   at::Tensor taps = padded_taps(in);
   const bool wide = simd::use_wide_vectors();
   const int64_t out_tile = wide ? Geometry<16>::kOutTile : Geometry<8>::kOutTile;
@@ -304,6 +256,36 @@ std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_cpu(const at::Tensor& x_i
 #endif
     run_tiles_w8(args, begin, end);
   });
+  return {acc, tile_sums};
+}
+
+// "auto" takes the FFT forward from this many taps on (below, the direct sum's cost, linear in K, is the
+// smaller; measured in benchmarks/results/frontend_formulations_cpu.md) while its window holds tiles of at
+// least kFftMinOutTile stem outputs.
+constexpr int64_t kFftMinTaps = 64;
+constexpr int64_t kFftMinOutTile = 64;
+
+bool forward_by_fft(c10::string_view formulation, int64_t taps) {
+  if (formulation == "direct") return false;
+  if (formulation == "fft") {
+    TORCH_CHECK(fft_forward_out_tile(taps) >= 1, "avfused_ext.audio_frontend_stem: formulation 'fft' takes filters ",
+                "that leave a tile in its 1024-sample window; ", taps, " taps do not: use 'direct' or 'auto'");
+    return true;
+  }
+  TORCH_CHECK(formulation == "auto", "avfused_ext.audio_frontend_stem: formulation must be 'auto', 'direct' or ",
+              "'fft', got '", formulation, "'");
+  return taps >= kFftMinTaps && fft_forward_out_tile(taps) >= kFftMinOutTile;
+}
+
+std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_cpu(const at::Tensor& x_in, const at::Tensor& filters_in,
+                                                           const at::Tensor& weight_in, double log_eps,
+                                                           double exact_below, bool linear_phase,
+                                                           c10::string_view formulation) {
+  const AudioFrontendStemInputs in = check_audio_frontend_stem_inputs(x_in, filters_in, weight_in, linear_phase,
+                                                                      exact_below, c10::DeviceType::CPU);
+  const auto [acc, tile_sums] = forward_by_fft(formulation, in.taps)
+                                    ? audio_frontend_stem_fft_forward(in, log_eps, exact_below)
+                                    : direct_forward(in, log_eps, exact_below);
   at::Tensor band_mean = tile_sums.sum(1, /*keepdim=*/false, at::kDouble).div_(in.samples).to(at::kFloat);
   at::Tensor out = acc.sub_(stem_of_band_means(band_mean, in.stem_weight, in.samples, in.outputs));
   return {out, band_mean};
@@ -765,7 +747,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> audio_frontend_stem_backward_cpu(
 TORCH_LIBRARY_FRAGMENT(avfused_ext, m) {
   m.def(
       "audio_frontend_stem(Tensor x, Tensor filters, Tensor stem_weight, float log_eps, float exact_below=0.001, "
-      "bool linear_phase=False) -> (Tensor, Tensor)");
+      "bool linear_phase=False, str formulation=\"auto\") -> (Tensor, Tensor)");
   m.def(
       "audio_frontend_stem_backward(Tensor grad_out, Tensor x, Tensor filters, Tensor stem_weight, Tensor band_mean, "
       "float log_eps, float exact_below=0.001, bool linear_phase=False, bool[3] output_mask=[True, True, True]) "

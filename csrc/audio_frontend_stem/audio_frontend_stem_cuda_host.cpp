@@ -36,7 +36,10 @@ cuda::FrontendArgs device_args(const AudioFrontendStemInputs& in, double log_eps
 
 std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_cuda(const at::Tensor& x, const at::Tensor& filters,
                                                             const at::Tensor& stem_weight, double log_eps,
-                                                            double exact_below, bool linear_phase) {
+                                                            double exact_below, bool linear_phase,
+                                                            c10::string_view formulation) {
+  TORCH_CHECK(formulation == "auto" || formulation == "direct", "avfused_ext.audio_frontend_stem: on CUDA the ",
+              "formulation is 'direct' (or 'auto'), got '", formulation, "'");
   const c10::cuda::CUDAGuard guard(x.device());
   const AudioFrontendStemInputs in = check_audio_frontend_stem_inputs(x, filters, stem_weight, linear_phase,
                                                                       exact_below, c10::DeviceType::CUDA);

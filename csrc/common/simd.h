@@ -108,7 +108,9 @@ AVFUSED_INLINE V fast_log(V x) {
   r += -0.5f * z2;
   r = z + r;
   r += 0.693359375f * e;
-  const I finite = (x == x) & (x < 3.0e38f);
+  // NaN and inf have all exponent bits set. An integer test: GCC 12 turns the float test x == x on
+  // 16 lanes in a target("avx512f") function into 16 scalar compares, which made this log 5x slower.
+  const I finite = (bits & 0x7fffffff) < 0x7f800000;
   return finite ? r : x;
 }
 
