@@ -35,6 +35,7 @@ namespace {
 
 constexpr int64_t kFftSize = 1024;  // 4^5: five radix-4 passes
 constexpr int64_t kFftLog2 = 10;
+constexpr int64_t kHalfBins = kFftSize / 2 + 1;  // of a real signal's spectrum
 constexpr double kWindowFactor = 20.0;  // the exact recompute's window term (header)
 
 // Twiddles of the inverse transform, w^m = exp(+2 pi i m / N) for m in [0, 3N/4), rounded from float64;
@@ -65,7 +66,7 @@ const FftTables& fft_tables() {
 }
 
 struct FftArgs {
-  const float* spectra;    // (B, tiles, N, 2): each tile's input window transformed
+  const float* spectra;    // (B, tiles, N/2 + 1, 2): each tile's input window transformed (half spectrum)
   const float* filters;    // (groups, 2, N, W): (H_a + i H_b) / N per lane, real then imaginary part
   const float* weight;     // (groups, 2, C, 7, W): stem weight of lane l's filter in half 0 (a) or 1 (b)
   const float* norms;      // (groups, 2, W): ||h_f||_2, zero for padding filters
@@ -242,6 +243,7 @@ AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t
   float* out_lanes = out_buffer.data();  // stem partial sums per lane
   std::vector<double> window64(exact ? max_positions + K - 1 : 0);
   std::vector<float> local(max_positions, 0.f);      // exact_below * rms of each position's inputs
+  std::vector<float> spectrum(2 * kFftSize);
   for (int64_t unit = unit_begin; unit < unit_end; ++unit) {
     const int64_t b = unit / a.tiles, tile = unit % a.tiles;
     const int64_t o0 = tile * T, out_count = std::min(T, a.outputs - o0);
@@ -253,7 +255,13 @@ AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t
       exact::fill_window64(a.x64 + b * a.samples, a.samples, t0 - half, positions + K - 1, window64.data());
       exact::local_rms(window64.data(), K, positions, a.exact_below, local.data());
     }
-    const float* x = a.spectra + (b * a.tiles + tile) * kFftSize * 2;
+    const float* half_spectrum = a.spectra + (b * a.tiles + tile) * kHalfBins * 2;
+    for (int64_t k = 0; k < kFftSize; ++k) {  // the window's whole spectrum: X[N - k] = conj(X[k])
+      const int64_t bin = k < kHalfBins ? k : kFftSize - k;
+      spectrum[2 * k] = half_spectrum[2 * bin];
+      spectrum[2 * k + 1] = k < kHalfBins ? half_spectrum[2 * bin + 1] : -half_spectrum[2 * bin + 1];
+    }
+    const float* x = spectrum.data();
     float* sums = a.tile_sums + (b * a.tiles + tile) * a.filters_count;
     std::fill(out_lanes, out_lanes + C * T * W, 0.f);
     for (int64_t g = 0; g < a.groups; ++g) {
@@ -328,6 +336,33 @@ at::Tensor per_lane(const at::Tensor& per_filter, int64_t groups, int64_t lanes)
   return padded.reshape(split).movedim(2, -1).contiguous();
 }
 
+// (groups, 2, N, W): lane l of group g holds (H_a + i H_b) / N, real parts then imaginary parts, where H is
+// the transform of a reversed filter zero padded to N and a, b are the lane's two filters (zero past F):
+// from the half spectra, H[N - k] = conj(H[k]), in float64, rounded once.
+at::Tensor lane_pair_spectra(const at::Tensor& filters64, int64_t groups, int64_t lanes) {
+  const at::Tensor half = at::view_as_real(at::fft_rfft(filters64.flip(1), kFftSize)).contiguous();
+  const int64_t count = filters64.size(0), bins = kFftSize / 2 + 1;
+  at::Tensor out = at::empty({groups, 2, kFftSize, lanes}, filters64.options().dtype(at::kFloat));
+  const double* h = half.data_ptr<double>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, groups * lanes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t g = pair / lanes, l = pair % lanes, a = 2 * g * lanes + l, b = a + lanes;
+      for (int64_t k = 0; k < kFftSize; ++k) {
+        const int64_t bin = k < bins ? k : kFftSize - k;
+        const double conj = k < bins ? 1.0 : -1.0;
+        const double ar = a < count ? h[(a * bins + bin) * 2] : 0.0;
+        const double ai = a < count ? conj * h[(a * bins + bin) * 2 + 1] : 0.0;
+        const double br = b < count ? h[(b * bins + bin) * 2] : 0.0;
+        const double bi = b < count ? conj * h[(b * bins + bin) * 2 + 1] : 0.0;
+        o[((2 * g) * kFftSize + k) * lanes + l] = static_cast<float>((ar - bi) / kFftSize);
+        o[((2 * g + 1) * kFftSize + k) * lanes + l] = static_cast<float>((ai + br) / kFftSize);
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 int64_t fft_forward_out_tile(int64_t taps) { return (kFftSize - taps + 1 - kStemPad) / kStemStride; }
@@ -348,16 +383,10 @@ std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_fft_forward(const AudioFr
   at::Tensor shifted = at::zeros({in.batch, padded_length}, f64);
   const int64_t copied = std::min(in.samples, padded_length - lead);
   shifted.narrow(1, lead, copied).copy_(in.x64.narrow(1, 0, copied));
-  const at::Tensor spectra = at::view_as_real(at::fft_fft(shifted.unfold(1, kFftSize, hop))).to(at::kFloat).contiguous();
+  const at::Tensor spectra =  // (B, tiles, N/2 + 1, 2): x is real, the other half is conjugate
+      at::view_as_real(at::fft_rfft(shifted.unfold(1, kFftSize, hop))).to(at::kFloat).contiguous();
 
-  // (H_a + i H_b) / N per lane: H the transform of the reversed filter, zero padded to N
-  at::Tensor reversed = at::zeros({in.filters_count, kFftSize}, f64);
-  reversed.narrow(1, 0, K).copy_(in.filters64.flip(1));
-  const at::Tensor h = per_lane(at::fft_fft(reversed).div_(kFftSize), groups, lanes);  // (groups, 2, N, W)
-  const at::Tensor ha = h.select(1, 0), hb = h.select(1, 1);
-  const at::Tensor filters = at::stack({at::real(ha) - at::imag(hb), at::imag(ha) + at::real(hb)}, 1)
-                                 .to(at::kFloat)
-                                 .contiguous();
+  const at::Tensor filters = lane_pair_spectra(in.filters64, groups, lanes);
   const at::Tensor weight = per_lane(in.stem_weight.transpose(0, 1), groups, lanes)  // (groups, 2, C, 7, W)
                                 .contiguous();
   const at::Tensor norms = per_lane(in.filter_norms, groups, lanes);
