@@ -15,7 +15,7 @@ The same function as ``avfused.reference.audio_frontend_stem``, in two backends:
   it tiles time, recomputes each tile's band responses and accumulates the gradients of the stem weight,
   the filters and x without writing any (B, F, S) tensor (working memory: per-thread tiles and
   accumulators on the CPU, shared memory on the GPU). It computes only the gradients autograd asks for:
-  in a model the wave needs none, so dx is skipped. On the CPU its forward is by FFT from 64 taps on
+  in a model the wave needs none, so dx is skipped. On the CPU its forward is by FFT for filters of up to 765 taps
   (csrc/audio_frontend_stem/audio_frontend_stem_fft_cpu.cpp: overlap-save in 1024-sample windows, two filters
   per complex transform, the same log, exact recompute and stem after it): at the model's 251 taps about a
   tenth of the direct sum's arithmetic; ``formulation="direct"`` keeps the sum.
@@ -221,8 +221,8 @@ def ext(
 
     ``exact_below``: the threshold of the float64 recompute of near-zero band responses (0 turns it off).
     ``formulation`` of the forward: ``"direct"`` (the sum over taps), ``"fft"`` (overlap-save in 1024-sample
-    windows, CPU only) or ``"auto"`` (the FFT on the CPU from 64 taps on, direct elsewhere); the backward is
-    direct in every case.
+    windows, CPU only) or ``"auto"`` (the FFT on the CPU for filters of up to 765 taps, direct elsewhere); the
+    backward is direct in every case.
     """
     check_inputs("ext", wave, low_hz, band_hz, stem_weight, kernel_size)
     x = reference.preemphasis_and_norm(wave.double(), preemphasis)

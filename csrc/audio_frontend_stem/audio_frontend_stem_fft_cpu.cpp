@@ -3,10 +3,10 @@
 //
 // Work unit: one clip and one tile of T stem outputs, whose 4 T + 3 band positions and their K - 1 inputs of
 // halo fit one window of N = 1024 samples. The window's spectrum comes from ATen (float64, rounded to
-// float32). Per group of 2 W filters it is multiplied by the filters' spectra and sent through one inverse
-// FFT whose W lanes are W filter pairs: lane l carries filter a in the real part and filter b in the
-// imaginary part (both responses are real, so one complex transform serves two filters, and the lanes never
-// need a shuffle). Correlating with h is convolving with h reversed: outputs K-1 .. N-1 of the circular
+// float32; half of it, the rest being its conjugate). Per group of 2 W filters it is multiplied by the
+// filters' spectra and sent through one inverse FFT whose W lanes are W filter pairs: lane l carries filter
+// a in the real part and filter b in the imaginary part (both responses are real, so one complex transform
+// serves two filters, and the lanes never need a shuffle). Correlating with h is convolving with h reversed: outputs K-1 .. N-1 of the circular
 // result are the band responses of the tile, none of them wrapped around. The log, the exact recompute of
 // near-zero responses, the tile sums and the stem run in the same layout (filters across lanes); the stem
 // accumulates per lane and is summed across lanes once per tile.
@@ -15,10 +15,11 @@
 // u sqrt(log2 N) times the rms of its lane's two responses over the whole window (a loud burst leaves that
 // much on the quiet samples beside it). Responses are recomputed in float64, as in the direct forward, when
 //   |y| < exact_below * max(||h_f|| rms_local(x),  kWindowFactor sqrt(log2 N / K) rms_window(lane)).
-// With kWindowFactor = 2 the second term sits as far above the FFT's rounding as the first above the direct
-// sum's, and measured (model filters, log_eps 1e-6, against float64) a burst beside near-silence kept 2e-5
-// of error, 7x the direct forward's; with 20 the FFT forward is closer to float64 than the direct one on
-// noise and on bursts (1.3e-6 / 1.4e-6 against 5.1e-6 / 3.2e-6), for about 1.3x the FFT forward's time.
+// With kWindowFactor = 2 the second term would sit as far above the FFT's rounding as the first above the
+// direct sum's; measured (the model's filters, log_eps 1e-6, op output against float64), 1 s of bursts beside
+// near-silence then kept 2.2e-5 of error (7.4e-4 without the term). With 20 the FFT forward is closer to
+// float64 than the direct one on noise and on bursts (docs/design.md, section 4: 1.3e-6 to 2.3e-6 against
+// 3.6e-6 to 5.7e-6), for about a third more time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -177,15 +178,6 @@ class AlignedBuffer {
   std::vector<float> storage_;
 };
 
-template <int W>
-AVFUSED_INLINE bool any_lane(const typename simd::Vec<W>::i& mask) {
-  uint64_t parts[W / 2];
-  std::memcpy(parts, &mask, sizeof(parts));
-  uint64_t any = 0;
-  for (int i = 0; i < W / 2; ++i) any |= parts[i];
-  return any != 0;
-}
-
 // nO outputs x nC channels of the stem in registers: out_lanes[c][o] += sum_j w[c][j] e[4 o + j], per lane.
 // (A template, not a lambda: a lambda would not inherit the caller's target("avx512f").)
 template <int W, int nO, int nC>
@@ -286,7 +278,7 @@ AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t
           if (exact) {
             const V threshold = simd::splat<V>(local[i]) * norm;
             const auto below = simd::abs(y) < (threshold > window_threshold ? threshold : window_threshold);
-            if (any_lane<W>(below)) {
+            if (simd::any<W>(below)) {
               for (int l = 0; l < W; ++l) {
                 const int64_t f = f_base + l;
                 if (!below[l] || f >= a.filters_count) continue;

@@ -45,12 +45,7 @@ inline void local_rms(const double* window, int64_t taps, int64_t count, double 
 template <int W>
 AVFUSED_INLINE bool any_below(const float* y, const float* threshold, float norm) {
   using V = typename simd::Vec<W>::f;
-  const auto below = simd::abs(simd::load<V>(y)) < simd::load<V>(threshold) * norm;
-  uint64_t parts[W / 2];
-  std::memcpy(parts, &below, sizeof(parts));
-  uint64_t any = 0;
-  for (int i = 0; i < W / 2; ++i) any |= parts[i];
-  return any != 0;
+  return simd::any<W>(simd::abs(simd::load<V>(y)) < simd::load<V>(threshold) * norm);
 }
 
 // The float64 window of one clip: out[i] = x[first + i] for i in [0, count), zero outside [0, S).

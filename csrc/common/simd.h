@@ -63,6 +63,16 @@ AVFUSED_INLINE To bit_cast(const From& from) {
   return to;
 }
 
+// Whether any lane of a comparison's result (-1 where true) is set.
+template <int W>
+AVFUSED_INLINE bool any(const typename Vec<W>::i& mask) {
+  uint64_t parts[W / 2];
+  std::memcpy(parts, &mask, sizeof(parts));
+  uint64_t set = 0;
+  for (int i = 0; i < W / 2; ++i) set |= parts[i];
+  return set != 0;
+}
+
 template <class V>
 AVFUSED_INLINE V splat(float s) {
   return V{} + s;

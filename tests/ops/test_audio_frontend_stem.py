@@ -303,13 +303,13 @@ KERNEL_SHAPES = [  # (batch, samples, filters, taps, channels): odd lengths, bat
 ]
 
 
-def check_raw_op(shape, device):
+def check_raw_op(shape, device, formulation="auto"):
     batch, samples, filters, taps, channels = shape
     low, band = mel_cutoffs(filters)
     x = reference.preemphasis_and_norm(torch.randn(batch, samples)).to(device).requires_grad_()
     h = reference.sinc_filterbank(low, band, taps).to(device).requires_grad_()
     w = (torch.randn(channels, filters, 7) * 0.1).to(device).requires_grad_()
-    out, band_mean = ext_ops.audio_frontend_stem(x, h, w, 1e-2)
+    out, band_mean = ext_ops.audio_frontend_stem(x, h, w, 1e-2, 1e-3, False, formulation)
     x64, h64, w64 = (t.detach().cpu().double().requires_grad_() for t in (x, h, w))
     ref = kernel_core64(x64, h64, w64, 1e-2)
     assert_matches_reference(out, ref, name="forward")
@@ -322,13 +322,14 @@ def check_raw_op(shape, device):
         assert_matches_reference(mine.grad, theirs.grad, name=f"grad {name}")
 
 
+@pytest.mark.parametrize("formulation", ["direct", "fft"])
 @pytest.mark.parametrize("narrow", [False, True], ids=["best-isa", "8-lane"])
 @pytest.mark.parametrize("shape", KERNEL_SHAPES)
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_ext_raw_op_matches_float64(target, shape, narrow, monkeypatch):
+def test_ext_raw_op_matches_float64(target, shape, narrow, formulation, monkeypatch):
     if narrow:  # the AVX2 / baseline code path, also on AVX-512 machines
         monkeypatch.setenv("AVFUSED_CPU_NO_AVX512", "1")
-    check_raw_op(shape, target.device)
+    check_raw_op(shape, target.device, formulation)
 
 
 @pytest.mark.parametrize("shape", KERNEL_SHAPES + [(2, 48000, 256, 251, 8)])
@@ -597,7 +598,7 @@ def test_ext_gpu_backward_matches_the_cpu_kernel(target, linear_phase):
 
 
 # ---------------------------------------------------------------------------------------------
-# the extension's FFT forward (CPU): overlap-save in 1024-sample windows, what "auto" runs from 64 taps on
+# the extension's FFT forward (CPU): overlap-save in 1024-sample windows, what "auto" runs up to 765 taps
 # ---------------------------------------------------------------------------------------------
 FFT_SHAPES = [  # (batch, samples, filters, taps, channels)
     (1, 1001, 16, 251, 3),  # several tiles of 192 stem outputs
@@ -664,9 +665,9 @@ def test_ext_fft_forward_at_default_log_eps_within_1e5(target, signal):
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
-def test_ext_auto_formulation_takes_the_fft_from_64_taps(target):
-    """"auto" is the FFT forward at 64 taps and more (while tiles of 64 outputs fit), the direct sum below."""
-    for taps, expected in ((63, "direct"), (65, "fft"), (251, "fft"), (767, "direct")):
+def test_ext_auto_formulation_takes_the_fft_while_tiles_of_64_outputs_fit(target):
+    """"auto" is the FFT forward up to 765 taps (tiles of 64 stem outputs in its window), the direct sum above."""
+    for taps, expected in ((11, "fft"), (251, "fft"), (765, "fft"), (767, "direct")):
         x, h, w = op_inputs((1, 2001, 6, taps, 3), "cpu")
         auto = ext_ops.audio_frontend_stem(x, h, w, 1e-2, 1e-3, True)[0]
         chosen = ext_ops.audio_frontend_stem(x, h, w, 1e-2, 1e-3, True, expected)[0]
