@@ -596,7 +596,6 @@ def test_ext_gpu_backward_matches_the_cpu_kernel(target, linear_phase):
             assert relative_error(mine, theirs) <= (1e-4 if log_eps == 1e-2 else 1e-3), (log_eps, name)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # the extension's FFT forward (CPU): overlap-save in 1024-sample windows, what "auto" runs up to 765 taps
 # ---------------------------------------------------------------------------------------------
@@ -643,8 +642,8 @@ def test_ext_fft_forward_general_and_non_contiguous_inputs(target):
 @pytest.mark.parametrize("signal", ["noise", "bursts"])
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_ext_fft_forward_at_default_log_eps_within_1e5(target, signal):
-    """log(|y| + 1e-6), the model's 256 filters of 251 taps: within 1e-5 of float64 (measured about 1.4e-6;
-    PyTorch's fp32 misses by ~1e-2). Bursts beside near-silence: the FFT's rounding comes from the whole
+    """log(|y| + 1e-6), the model's 256 filters of 251 taps: within 1e-5 of float64 (measured about 1.5e-6;
+    PyTorch's fp32 misses by 1e-3 to 3e-3). Bursts beside near-silence: the FFT's rounding comes from the whole
     window, which the recompute threshold's window term covers (measured on this test: without that term
     7.4e-4, with a tenth of it 2.2e-5)."""
     low, band = mel_cutoffs(256)
