@@ -13,13 +13,15 @@
 //
 // Accuracy: the transform's float32 rounding of a response is not local as the direct sum's is: it is about
 // u sqrt(log2 N) times the rms of its lane's two responses over the whole window (a loud burst leaves that
-// much on the quiet samples beside it). Responses are recomputed in float64, as in the direct forward, when
-//   |y| < exact_below * max(||h_f|| rms_local(x),  kWindowFactor sqrt(log2 N / K) rms_window(lane)).
-// With kWindowFactor = 2 the second term would sit as far above the FFT's rounding as the first above the
-// direct sum's; measured (the model's filters, log_eps 1e-6, op output against float64), 1 s of bursts beside
-// near-silence then kept 2.2e-5 of error (7.4e-4 without the term). With 20 the FFT forward is closer to
-// float64 than the direct one on noise and on bursts (docs/design.md, section 4: 1.3e-6 to 2.3e-6 against
-// 3.6e-6 to 5.7e-6), for about a third more time.
+// much on the quiet samples beside it). So a response with
+//   |y| < exact_below * max(||h_f|| rms_local(x),  kWindowFactor sqrt(log2 N / K) rms_window(lane))
+// is taken from the direct float32 sum instead (all W lanes of that position at once, lanes = filters:
+// rounding local to its K inputs), and where that is below the first term, recomputed in float64 exactly as
+// the direct forward does. The output is then as close to float64 as the direct forward's. Measured (the
+// model's filters, log_eps 1e-6, op output against float64): without the window term 1 s of bursts beside
+// near-silence kept 7.4e-4 of error; recomputing every flagged response in float64 instead of by the direct
+// sum made silent or near-silent pauses (zero padding, speech) 1.3-3x slower than the direct forward, where
+// now they are as fast or faster (docs/design.md, section 4).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -71,6 +73,8 @@ struct FftArgs {
   const float* filters;    // (groups, 2, N, W): (H_a + i H_b) / N per lane, real then imaginary part
   const float* weight;     // (groups, 2, C, 7, W): stem weight of lane l's filter in half 0 (a) or 1 (b)
   const float* norms;      // (groups, 2, W): ||h_f||_2, zero for padding filters
+  const float* x;          // (B, S), float32: the direct sums of the recompute
+  const float* lane_taps;  // (groups, 2, K, W): the float32 taps per lane
   const double* x64;       // (B, S)
   const double* taps64;    // (F, K)
   float* acc;              // (B, C, O): stem of the log energies
@@ -78,6 +82,7 @@ struct FftArgs {
   int64_t samples, filters_count, taps, channels, outputs, tiles, out_tile, groups;
   float log_eps, exact_below;
   float window_scale;      // exact_below * kWindowFactor sqrt(log2 N / K): the threshold's window term
+  bool symmetric;          // linear-phase taps: fold k and K-1-k in the direct sums
 };
 
 template <class V>
@@ -220,6 +225,33 @@ AVFUSED_INLINE void stem_lanes(const float* e, const float* w, int64_t channels,
   }
 }
 
+// y at one position for the W filters of a half-group by the direct float32 sum over taps (window: the
+// position's K inputs; taps: (K, W), lanes = filters; linear-phase taps folded as in the direct forward):
+// rounding local to those K inputs, not the FFT's window-wide one.
+template <int W>
+AVFUSED_INLINE typename simd::Vec<W>::f direct_lanes(const float* window, const float* taps, int64_t K, bool symmetric) {
+  using V = typename simd::Vec<W>::f;
+  V even{}, odd{};  // two chains: the sum is bound by the FMA latency
+  if (symmetric) {
+    const int64_t half = K / 2;
+    int64_t k = 0;
+    for (; k + 1 < half; k += 2) {
+      even += simd::load<V>(taps + k * W) * (window[k] + window[K - 1 - k]);
+      odd += simd::load<V>(taps + (k + 1) * W) * (window[k + 1] + window[K - 2 - k]);
+    }
+    for (; k < half; ++k) even += simd::load<V>(taps + k * W) * (window[k] + window[K - 1 - k]);
+    even += simd::load<V>(taps + half * W) * window[half];
+  } else {
+    int64_t k = 0;
+    for (; k + 1 < K; k += 2) {
+      even += simd::load<V>(taps + k * W) * window[k];
+      odd += simd::load<V>(taps + (k + 1) * W) * window[k + 1];
+    }
+    if (k < K) even += simd::load<V>(taps + k * W) * window[k];
+  }
+  return even + odd;
+}
+
 template <int W>
 AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t unit_end) {
   using V = typename simd::Vec<W>::f;
@@ -234,6 +266,7 @@ AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t
   float* energy = energy_buffer.data();  // log energies of one half-group, lanes innermost
   float* out_lanes = out_buffer.data();  // stem partial sums per lane
   std::vector<double> window64(exact ? max_positions + K - 1 : 0);
+  std::vector<float> window(exact ? max_positions + K - 1 : 0);
   std::vector<float> local(max_positions, 0.f);      // exact_below * rms of each position's inputs
   std::vector<float> spectrum(2 * kFftSize);
   for (int64_t unit = unit_begin; unit < unit_end; ++unit) {
@@ -246,6 +279,11 @@ AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t
     if (exact) {
       exact::fill_window64(a.x64 + b * a.samples, a.samples, t0 - half, positions + K - 1, window64.data());
       exact::local_rms(window64.data(), K, positions, a.exact_below, local.data());
+      const float* xb = a.x + b * a.samples;
+      for (int64_t i = 0; i < positions + K - 1; ++i) {
+        const int64_t src = t0 - half + i;
+        window[i] = (src >= 0 && src < a.samples) ? xb[src] : 0.f;
+      }
     }
     const float* half_spectrum = a.spectra + (b * a.tiles + tile) * kHalfBins * 2;
     for (int64_t k = 0; k < kFftSize; ++k) {  // the window's whole spectrum: X[N - k] = conj(X[k])
@@ -266,6 +304,7 @@ AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t
         const float* z = part == 0 ? re : im;
         const int64_t f_base = (2 * g + part) * W;
         const V norm = simd::load<V>(a.norms + (2 * g + part) * W);
+        const float* taps = a.lane_taps + (2 * g + part) * K * W;
         V sum{};
         for (int64_t i = 0; i < positions; ++i) {
           float* le = energy + i * W;
@@ -273,18 +312,25 @@ AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t
             simd::store(le, V{});
             continue;
           }
-          const V y = simd::load<V>(z + tw.position[i + K - 1] * W);
+          V y = simd::load<V>(z + tw.position[i + K - 1] * W);
+          if (!exact) {
+            simd::store(le, simd::fast_log(simd::abs(y) + a.log_eps));
+            if (i >= own_begin && i < own_end) sum += simd::load<V>(le);
+            continue;
+          }
+          const V local_threshold = simd::splat<V>(local[i]) * norm;
+          auto below = simd::abs(y) < (local_threshold > window_threshold ? local_threshold : window_threshold);
+          if (simd::any<W>(below)) {  // the FFT's window-wide rounding may dominate: the direct float32 sum
+            y = below ? direct_lanes<W>(window.data() + i, taps, K, a.symmetric) : y;
+            below = simd::abs(y) < local_threshold;  // what the direct forward recomputes in float64
+          }
           V value = simd::fast_log(simd::abs(y) + a.log_eps);
-          if (exact) {
-            const V threshold = simd::splat<V>(local[i]) * norm;
-            const auto below = simd::abs(y) < (threshold > window_threshold ? threshold : window_threshold);
-            if (simd::any<W>(below)) {
-              for (int l = 0; l < W; ++l) {
-                const int64_t f = f_base + l;
-                if (!below[l] || f >= a.filters_count) continue;
-                const double y64 = exact::dot64(a.taps64 + f * K, window64.data() + i, K);
-                value[l] = static_cast<float>(std::log(std::fabs(y64) + a.log_eps));
-              }
+          if (simd::any<W>(below)) {
+            for (int l = 0; l < W; ++l) {
+              const int64_t f = f_base + l;
+              if (!below[l] || f >= a.filters_count) continue;
+              const double y64 = exact::dot64(a.taps64 + f * K, window64.data() + i, K);
+              value[l] = static_cast<float>(std::log(std::fabs(y64) + a.log_eps));
             }
           }
           simd::store(le, value);
@@ -382,6 +428,7 @@ std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_fft_forward(const AudioFr
   const at::Tensor weight = per_lane(in.stem_weight.transpose(0, 1), groups, lanes)  // (groups, 2, C, 7, W)
                                 .contiguous();
   const at::Tensor norms = per_lane(in.filter_norms, groups, lanes);
+  const at::Tensor lane_taps = per_lane(in.filters, groups, lanes);  // (groups, 2, K, W)
 
   at::Tensor acc = at::empty({in.batch, in.channels, in.outputs}, in.x.options());
   at::Tensor tile_sums = at::empty({in.batch, tiles, in.filters_count}, in.x.options());
@@ -389,6 +436,8 @@ std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_fft_forward(const AudioFr
                      filters.data_ptr<float>(),
                      weight.data_ptr<float>(),
                      norms.data_ptr<float>(),
+                     in.x.data_ptr<float>(),
+                     lane_taps.data_ptr<float>(),
                      in.x64.data_ptr<double>(),
                      in.filters64.data_ptr<double>(),
                      acc.data_ptr<float>(),
@@ -403,7 +452,8 @@ std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_fft_forward(const AudioFr
                      groups,
                      static_cast<float>(log_eps),
                      static_cast<float>(exact_below),
-                     static_cast<float>(exact_below * kWindowFactor * std::sqrt(static_cast<double>(kFftLog2) / K))};
+                     static_cast<float>(exact_below * kWindowFactor * std::sqrt(static_cast<double>(kFftLog2) / K)),
+                     in.symmetric};
   at::parallel_for(0, in.batch * tiles, 1, [&](int64_t begin, int64_t end) {
 #if AVFUSED_X86_DISPATCH
     if (wide) return fft_units_w16(args, begin, end);
