@@ -6,10 +6,10 @@
 // float32; half of it, the rest being its conjugate). Per group of 2 W filters it is multiplied by the
 // filters' spectra and sent through one inverse FFT whose W lanes are W filter pairs: lane l carries filter
 // a in the real part and filter b in the imaginary part (both responses are real, so one complex transform
-// serves two filters, and the lanes never need a shuffle). Correlating with h is convolving with h reversed: outputs K-1 .. N-1 of the circular
-// result are the band responses of the tile, none of them wrapped around. The log, the exact recompute of
-// near-zero responses, the tile sums and the stem run in the same layout (filters across lanes); the stem
-// accumulates per lane and is summed across lanes once per tile.
+// serves two filters, and the lanes never need a shuffle). Correlating with h is convolving with h
+// reversed: outputs K-1 .. N-1 of the circular result are the band responses of the tile, none of them
+// wrapped around. The log, the recompute of responses near zero, the tile sums and the stem run in the same
+// layout (filters across lanes); the stem accumulates per lane and is summed across lanes once per tile.
 //
 // Accuracy: the transform's float32 rounding of a response is not local as the direct sum's is: it is about
 // u sqrt(log2 N) times the rms of its lane's two responses over the whole window (a loud burst leaves that
