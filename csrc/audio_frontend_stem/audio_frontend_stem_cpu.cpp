@@ -36,7 +36,7 @@ namespace {
 
 using exact::any_below;
 using exact::dot64;
-using exact::fill_window64;
+using exact::fill_window;
 using exact::local_rms;
 
 constexpr int64_t kMaxFilterBlock = 8;  // the filter bank is zero-padded to a multiple of this
@@ -139,18 +139,14 @@ AVFUSED_INLINE void run_tiles_impl(const TileArgs& a, int64_t unit_begin, int64_
     const int64_t t0 = kStemStride * o0 - kStemPad;           // band position of local index 0
     const int64_t positions = kStemStride * out_count + 3;     // local indices [0, positions)
     const int64_t padded = (positions + G::kPosBlock - 1) / G::kPosBlock * G::kPosBlock;
-    const float* xb = a.x + b * a.samples;
-    for (int64_t i = 0; i < padded + k_count - 1; ++i) {       // zero padding of the sinc conv
-      const int64_t src = t0 - half + i;
-      window[i] = (src >= 0 && src < a.samples) ? xb[src] : 0.f;
-    }
+    fill_window(a.x + b * a.samples, a.samples, t0 - half, padded + k_count - 1, window.data());  // the conv's zeros
     std::fill(out_tile.begin(), out_tile.end(), 0.f);
     std::fill(phases.begin(), phases.end(), 0.f);
     // local indices whose position belongs to this tile (each position summed once across tiles)
     const int64_t own_begin = 3, own_end = std::min<int64_t>(3 + kStemStride * out_count, a.samples - t0);
     const int64_t valid_begin = std::max<int64_t>(0, -t0), valid_end = std::min(positions, a.samples - t0);
     if (exact) {
-      fill_window64(a.x64 + b * a.samples, a.samples, t0 - half, positions + k_count - 1, window64.data());
+      fill_window(a.x64 + b * a.samples, a.samples, t0 - half, positions + k_count - 1, window64.data());
       local_rms(window64.data(), k_count, positions, a.exact_below, threshold.data());
     }
     float* sums = a.tile_sums + (b * a.tiles + tile) * a.filters;
@@ -480,11 +476,7 @@ AVFUSED_INLINE void backward_tiles_impl(const BackwardArgs& a, int64_t unit_begi
     const int64_t per_clip = (a.tiles - a.color + a.colors - 1) / a.colors;
     const int64_t b = unit / per_clip, tile = a.color + (unit % per_clip) * a.colors;
     const int64_t p0 = tile * T, n = std::min(T, a.samples - p0);  // positions [p0, p0 + n)
-    const float* xb = a.x + b * a.samples;
-    for (int64_t i = 0; i < window_len; ++i) {  // xw[i] = x[p0 - K/2 + i]
-      const int64_t src = p0 - half + i;
-      xw[i] = (src >= 0 && src < a.samples) ? xb[src] : 0.f;
-    }
+    fill_window(a.x + b * a.samples, a.samples, p0 - half, window_len, xw.data());  // xw[i] = x[p0 - K/2 + i]
     for (int64_t rho = 0; rho < 4; ++rho) {
       for (int64_t col = 0; col + 1 < P; ++col) {
         const int64_t i = 4 * col + rho;
@@ -498,7 +490,7 @@ AVFUSED_INLINE void backward_tiles_impl(const BackwardArgs& a, int64_t unit_begi
       }
     }
     if (exact) {
-      fill_window64(a.x64 + b * a.samples, a.samples, p0 - half, T + K - 1, xw64.data());
+      fill_window(a.x64 + b * a.samples, a.samples, p0 - half, T + K - 1, xw64.data());
       local_rms(xw64.data(), K, n, a.exact_below, rms.data());
       std::fill(threshold.begin(), threshold.end(), 0.f);  // positions past S: never exact
       for (int64_t t = 0; t < n; ++t) threshold[(t & 3) * Q + (t >> 2)] = rms[t];

@@ -277,13 +277,9 @@ AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t
     const int64_t own_begin = kStemPad, own_end = std::min<int64_t>(kStemPad + kStemStride * out_count, a.samples - t0);
     const int64_t valid_begin = std::max<int64_t>(0, -t0), valid_end = std::min(positions, a.samples - t0);
     if (exact) {
-      exact::fill_window64(a.x64 + b * a.samples, a.samples, t0 - half, positions + K - 1, window64.data());
+      exact::fill_window(a.x64 + b * a.samples, a.samples, t0 - half, positions + K - 1, window64.data());
       exact::local_rms(window64.data(), K, positions, a.exact_below, local.data());
-      const float* xb = a.x + b * a.samples;
-      for (int64_t i = 0; i < positions + K - 1; ++i) {
-        const int64_t src = t0 - half + i;
-        window[i] = (src >= 0 && src < a.samples) ? xb[src] : 0.f;
-      }
+      exact::fill_window(a.x + b * a.samples, a.samples, t0 - half, positions + K - 1, window.data());
     }
     const float* half_spectrum = a.spectra + (b * a.tiles + tile) * kHalfBins * 2;
     for (int64_t k = 0; k < kFftSize; ++k) {  // the window's whole spectrum: X[N - k] = conj(X[k])
@@ -313,16 +309,14 @@ AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t
             continue;
           }
           V y = simd::load<V>(z + tw.position[i + K - 1] * W);
-          if (!exact) {
-            simd::store(le, simd::fast_log(simd::abs(y) + a.log_eps));
-            if (i >= own_begin && i < own_end) sum += simd::load<V>(le);
-            continue;
-          }
-          const V local_threshold = simd::splat<V>(local[i]) * norm;
-          auto below = simd::abs(y) < (local_threshold > window_threshold ? local_threshold : window_threshold);
-          if (simd::any<W>(below)) {  // the FFT's window-wide rounding may dominate: the direct float32 sum
-            y = below ? direct_lanes<W>(window.data() + i, taps, K, a.symmetric) : y;
-            below = simd::abs(y) < local_threshold;  // what the direct forward recomputes in float64
+          typename simd::Vec<W>::i below{};  // the lanes to recompute in float64
+          if (exact) {
+            const V local_threshold = simd::splat<V>(local[i]) * norm;
+            below = simd::abs(y) < (local_threshold > window_threshold ? local_threshold : window_threshold);
+            if (simd::any<W>(below)) {  // the FFT's window-wide rounding may dominate: the direct float32 sum
+              y = below ? direct_lanes<W>(window.data() + i, taps, K, a.symmetric) : y;
+              below = simd::abs(y) < local_threshold;  // what the direct forward recomputes in float64
+            }
           }
           V value = simd::fast_log(simd::abs(y) + a.log_eps);
           if (simd::any<W>(below)) {

@@ -1,5 +1,6 @@
-// The float64 side of the CPU front end's exact recompute (audio_frontend_stem.h, "Accuracy"), shared
-// by the direct kernels (audio_frontend_stem_cpu.cpp) and the FFT forward (audio_frontend_stem_fft_cpu.cpp).
+// The float64 side of the CPU front end's exact recompute (audio_frontend_stem.h, "Accuracy") and the
+// zero-padded input windows every tile reads, shared by the direct kernels (audio_frontend_stem_cpu.cpp)
+// and the FFT forward (audio_frontend_stem_fft_cpu.cpp).
 #pragma once
 
 #include <algorithm>
@@ -48,11 +49,12 @@ AVFUSED_INLINE bool any_below(const float* y, const float* threshold, float norm
   return simd::any<W>(simd::abs(simd::load<V>(y)) < simd::load<V>(threshold) * norm);
 }
 
-// The float64 window of one clip: out[i] = x[first + i] for i in [0, count), zero outside [0, S).
-inline void fill_window64(const double* xb, int64_t samples, int64_t first, int64_t count, double* out) {
+// A window of one clip (float32 or float64): out[i] = x[first + i] for i in [0, count), zero outside [0, S).
+template <class T>
+inline void fill_window(const T* xb, int64_t samples, int64_t first, int64_t count, T* out) {
   for (int64_t i = 0; i < count; ++i) {
     const int64_t src = first + i;
-    out[i] = (src >= 0 && src < samples) ? xb[src] : 0.0;
+    out[i] = (src >= 0 && src < samples) ? xb[src] : T(0);
   }
 }
 
