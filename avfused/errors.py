@@ -104,6 +104,10 @@ class UnknownBackendError(AvfusedError, ValueError):
     """A backend name that avfused does not know."""
 
 
+class MissingDependencyError(AvfusedError, ImportError):
+    """A package that one part of avfused needs (PyAV for video files) is not installed; says how to get it."""
+
+
 # --- export --------------------------------------------------------------------------------
 class ExportError(AvfusedError, RuntimeError):
     """An export cannot run (unknown format, missing exporter or runtime) or its file does not reproduce the model."""

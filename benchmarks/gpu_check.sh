@@ -71,6 +71,13 @@ else
     bench_sizes=(--batch-sizes 1 --train-batch 32 --budget 2 --repeats 20)
     step install 150 "$PYTHON" -m pip install --no-deps --no-build-isolation -e .
     cat avfused/_build_info.json >>"$WORK/install.log" 2>/dev/null
+    # pip succeeds when a module fails to build (the backend then says why): fail the check here instead,
+    # with the compiler's reason, rather than let every kernel test skip
+    step extension 10 "$PYTHON" -c 'import json, sys
+info = json.load(open("avfused/_build_info.json"))
+for name in ("cpu", "cuda"):
+    print(name, "built" if info[name]["built"] else "NOT built: %s" % info[name]["reason"])
+sys.exit(0 if info["cpu"]["built"] and info["cuda"]["built"] else 1)'
 fi
 
 pytest_args=(-q -rs -p no:cacheprovider --junitxml="$WORK/tests.xml" --durations=10)
@@ -90,7 +97,7 @@ step bench-fp32 45 "${bench[@]}" --backends eager,triton,cuda --output-dir "$WOR
 step bench-bf16 200 "${bench[@]}" --amp bf16 --time-limit 60 --output-dir "$WORK/bench-bf16"
 
 "$PYTHON" benchmarks/gpu_summary.py "$WORK" >"$WORK/summary.md"
-for log in environment install tests sanitizer bench-fp32 bench-bf16; do
+for log in environment install extension tests sanitizer bench-fp32 bench-bf16; do
     [ -f "$WORK/$log.log" ] && { echo "===== $log.log"; cat "$WORK/$log.log"; }
 done >"$WORK/logs.txt"
 cp "$WORK/summary.md" "$WORK/logs.txt" "$WORK/environment.txt" "$FINAL/"

@@ -45,7 +45,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
@@ -60,6 +59,7 @@ from avfused.data.features import (
     samples_to_float,
     to_mono,
 )
+from avfused.data.pyav import av
 from avfused.errors import (
     ConfigError,
     DegenerateFrameError,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 
-import av
 import numpy as np
+
+from avfused.data.pyav import av
 
 # encoder names of the codecs the readers are tested on
 VIDEO_CODECS = {"h264": "libx264", "vp9": "libvpx-vp9", "mpeg4": "mpeg4", "mjpeg": "mjpeg"}

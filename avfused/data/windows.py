@@ -28,7 +28,6 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import av
 import numpy as np
 
 from avfused.data.decode import (
@@ -47,6 +46,7 @@ from avfused.data.decode import (
     _Span,
     _streams,
 )
+from avfused.data.pyav import av
 from avfused.errors import ConfigError, EmptyMediaError, MediaDecodeError, TruncatedMediaError
 
 _REORDER_DEPTH = 17  # H.264 allows 16 B-frames between references: enough packet times to bound a frame's end

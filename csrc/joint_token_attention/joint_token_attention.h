@@ -122,7 +122,7 @@ joint_token_attention_backward_composite(const at::Tensor& grad_out, const at::T
   const at::Tensor mixed = at::matmul(probs, u);                                          // (B, L, D)
 
   const at::Tensor grad_lin_weight = at::matmul(g.reshape({-1, dim}).t(), mixed.reshape({-1, dim}));
-  const at::Tensor grad_lin_bias = g.sum({0, 1});
+  const at::Tensor grad_lin_bias = g.sum(at::IntArrayRef{0, 1});  // torch 2.11: a bare {0, 1} is ambiguous
   const at::Tensor grad_mixed = at::matmul(g, in.lin_weight);                        // dL/dO
   const at::Tensor grad_probs = at::matmul(grad_mixed, u.transpose(1, 2));           // dL/dP
   const at::Tensor row_dot = (grad_mixed * mixed).sum(-1, /*keepdim=*/true);          // sum_j P_ij dP_ij
