@@ -185,3 +185,24 @@ def test_the_saavm_runs_its_fused_layers_only_where_its_backend_has_all_of_them(
     assert backends.optional_module_op("video_expand_residual", saavm, gpu) is None  # no CUDA kernel routed yet
     saavm.backend = "auto"
     assert backends.optional_module_op("video_expand_residual", saavm, gpu) is video_expand_residual.triton
+
+
+@pytest.mark.parametrize(
+    ("triton_version", "numpy_version", "refused"),
+    [("3.6.0", "2.4.6", True), ("3.6.0", "2.3.5", False), ("3.8.0", "2.4.6", False), ("3.10.1", "2.5.0", False)],
+)
+def test_the_interpreter_is_refused_where_triton_36_meets_numpy_24(monkeypatch, triton_version, numpy_version,
+                                                                    refused):
+    # seen: triton 3.6.0's interpreter with numpy 2.4.6 fails inside every kernel (TypeError: only 0-dimensional
+    # arrays can be converted to Python scalars); with numpy 2.3.5, or triton 3.8.0, the kernels run
+    triton = pytest.importorskip("triton")
+    import numpy
+
+    monkeypatch.setattr(triton, "__version__", triton_version)
+    monkeypatch.setattr(numpy, "__version__", numpy_version)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(backends, "_reasons", {})  # the reasons are cached per process
+    reason = backends.unavailable_reason("triton", "cpu")
+    assert (reason is not None) == refused
+    if refused:
+        assert "numpy<2.4" in reason and triton_version in reason
