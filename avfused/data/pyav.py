@@ -1,9 +1,9 @@
 """PyAV, imported on first use: ``from avfused.data.pyav import av``.
 
-Reading and writing video files needs PyAV; the rest of avfused.data (datasets of cached clips, collation,
-features) and everything that imports it (the training loop, the command line) does not, so a machine
-without PyAV (a GPU box with only torch) can still train on cached clips, benchmark and test. The first
-attribute looked up on ``av`` imports the real module, or raises MissingDependencyError saying how to get it.
+Reading and writing video files needs PyAV; importing avfused.data and what imports it (the training loop,
+the command line) does not, so a machine without PyAV (a GPU box with only torch) still runs the model, the
+ops, ``avfused bench`` and the tests that need no video. The first attribute looked up on ``av`` imports the
+real module, or raises MissingDependencyError saying how to get it.
 """
 
 from __future__ import annotations
