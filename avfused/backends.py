@@ -94,18 +94,14 @@ def _triton_reason(device_type: str) -> str | None:
     return f"triton kernels do not run on {device_type} tensors"
 
 
-def _version(text: str) -> tuple[int, int]:
-    major, minor = (text.split("+")[0].split(".") + ["0"])[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
-
-
 def _interpreter_reason() -> str | None:
     """Triton 3.6's interpreter turns a loop bound such as ``range(0, C, BLOCK)`` into a Python int with
     int() of a 1-element array, which numpy 2.4 refuses (TypeError deep inside every kernel); 3.8's does not."""
     import numpy
     import triton
+    from torch.torch_version import TorchVersion  # packaging's version order, compared with tuples
 
-    if _version(triton.__version__) < (3, 8) and _version(numpy.__version__) >= (2, 4):
+    if TorchVersion(triton.__version__) < (3, 8) and TorchVersion(numpy.__version__) >= (2, 4):
         return (
             f"triton {triton.__version__}'s interpreter cannot run avfused's kernels with numpy "
             f"{numpy.__version__} (it takes int() of 1-element arrays, which numpy >= 2.4 refuses): "
