@@ -3,7 +3,7 @@
 # preinstalled, no PyAV and no network:
 #   1. install avfused in place, building the C++/CUDA extension for the card (nvcc; MAX_JOBS = cores);
 #   2. the kernel and model tests that run on the GPU (-m gpu over tests/ops, tests/test_model_backends.py,
-#      ...; TF32 off);
+#      ...; TF32 off), as concurrent pytest processes (benchmarks/gpu_test_shards.py);
 #   3. compute-sanitizer memcheck over every fused kernel once (benchmarks/gpu_kernels_once.py), where the
 #      tool exists and the machine lets it run;
 #   4. the benchmark subset: the whole model, inference at batch 1 and a training step at batch 32, in
@@ -61,7 +61,7 @@ cat "$WORK/environment.txt"
 
 if [ "$DRY" = 1 ]; then
     device=cpu
-    tests=(tests/test_backends.py)
+    tests=(tests/test_backends.py tests/test_without_pyav.py)
     bench_sizes=(--quick)
 else
     device=cuda
@@ -81,10 +81,17 @@ for name, reason in reasons.items():
 sys.exit(1 if any(reasons.values()) else 0)'
 fi
 
-pytest_args=(-q -rs -p no:cacheprovider --junitxml="$WORK/tests.xml" --durations=10)
-"$PYTHON" -c "import xdist" 2>/dev/null && [ "$DRY" != 1 ] && pytest_args+=(-n 4)
+pytest_args=(-q -rs -p no:cacheprovider --durations=5)
 "$PYTHON" -c "import pytest_timeout" 2>/dev/null && pytest_args+=(--timeout 90)
-step tests 110 "$PYTHON" -m pytest "${pytest_args[@]}" "${tests[@]}"
+# Triton's first compiles (CPU work) dominate this step: the test files run as concurrent shards, one per
+# 4 cores up to 4 (GPU_CHECK_TEST_SHARDS), each a pytest process; their reports merge into tests.xml
+shards=$(( $(nproc) / 4 ))
+[ "$shards" -gt 4 ] && shards=4
+[ "$shards" -lt 1 ] && shards=1
+[ "$DRY" = 1 ] && shards=2  # the plumbing, on this machine's two files
+shards="${GPU_CHECK_TEST_SHARDS:-$shards}"
+step tests 110 "$PYTHON" benchmarks/gpu_test_shards.py --shards "$shards" --junitxml "$WORK/tests.xml" -- \
+    "${pytest_args[@]}" "${tests[@]}"
 
 if command -v compute-sanitizer >/dev/null 2>&1 && [ "$DRY" != 1 ]; then
     step sanitizer 45 compute-sanitizer --tool memcheck --error-exitcode 3 "$PYTHON" benchmarks/gpu_kernels_once.py
