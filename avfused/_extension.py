@@ -36,6 +36,11 @@ def _recorded_reason(part: str) -> str:
 
 
 def _import(module: str, part: str) -> str | None:
+    record = build_record()
+    if record is not None and not record.get(part, {}).get("built"):
+        # a module file left by an earlier build may register kernels for schemas that have changed since,
+        # which aborts the process (a C++ error at load, not an ImportError): not built means not loaded
+        return f"{_recorded_reason(part)}; {_BUILD_HINT}"
     try:
         importlib.import_module(module)
     except (ImportError, OSError) as exc:  # missing file, or built against another torch / CUDA

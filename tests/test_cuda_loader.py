@@ -22,8 +22,24 @@ def test_missing_record_says_never_built(tmp_path, monkeypatch):
     assert "never built" in _extension._import("avfused._C_not_there", "cuda")
 
 
-def test_loaded_module_has_no_reason():
+def test_loaded_module_has_no_reason(tmp_path, monkeypatch):
+    record = tmp_path / "_build_info.json"
+    record.write_text(json.dumps({"cpu": {"built": True, "reason": None}}))
+    monkeypatch.setattr(_extension, "RECORD_PATH", record)
     assert _extension._import("avfused.reference", "cpu") is None
+
+
+def test_a_module_recorded_as_not_built_is_not_loaded(tmp_path, monkeypatch):
+    """A rebuild that skipped CUDA leaves the earlier _C_cuda file beside the new _C_cpu; loading it would
+    register kernels for changed schemas, which aborts the process: the record's word is final."""
+    record = tmp_path / "_build_info.json"
+    record.write_text(json.dumps({"cpu": {"built": True}, "cuda": {"built": False,
+                                                                   "reason": "skipped: AVFUSED_SKIP_CUDA_BUILD=1"}}))
+    monkeypatch.setattr(_extension, "RECORD_PATH", record)
+    imported = []
+    monkeypatch.setattr(_extension.importlib, "import_module", lambda name: imported.append(name))
+    reason = _extension._import("avfused.reference", "cuda")
+    assert imported == [] and "AVFUSED_SKIP_CUDA_BUILD=1" in reason
 
 
 def test_auto_backend_falls_back_when_extension_unavailable(monkeypatch):
