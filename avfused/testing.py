@@ -52,7 +52,10 @@ def assert_matches_reference(
     else:
         if torch_low_precision is None:
             raise ValueError(f"{name}: a {actual.dtype} check needs PyTorch's own {actual.dtype} result")
-        limit = LOW_PRECISION_FACTOR * relative_error(torch_low_precision, reference64) + 1e-3 * FP32_RTOL
+        # floored at the dtype's unit roundoff: storing the largest value in that dtype may cost that much, so
+        # no kernel can promise less (PyTorch's own error fell below half of it on a CPU with AVX512-FP16)
+        limit = max(LOW_PRECISION_FACTOR * relative_error(torch_low_precision, reference64),
+                    torch.finfo(actual.dtype).eps / 2) + 1e-3 * FP32_RTOL
     if error > limit:
         raise AssertionError(f"{name}: relative error {error:.3e} exceeds {limit:.3e} ({actual.dtype})")
 

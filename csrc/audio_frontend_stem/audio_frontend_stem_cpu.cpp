@@ -437,13 +437,6 @@ AVFUSED_INLINE void input_gradient(const float* dyz, int64_t dyz_stride, const f
   }
 }
 
-template <class V>
-AVFUSED_INLINE float horizontal_sum(V v) {
-  float sum = 0.f;
-  for (int lane = 0; lane < static_cast<int>(sizeof(V) / 4); ++lane) sum += v[lane];
-  return sum;
-}
-
 template <int W>
 AVFUSED_INLINE void backward_tiles_impl(const BackwardArgs& a, int64_t unit_begin, int64_t unit_end) {
   using V = typename simd::Vec<W>::f;
@@ -589,7 +582,7 @@ AVFUSED_INLINE void backward_tiles_impl(const BackwardArgs& a, int64_t unit_begi
         if (need_dw) {  // dw[c][f][j] += sum_q am[r][q] g[c][q + delta], (r, delta) <-> j = r + 3 - 4 delta
           for (int64_t c = 0; c < C; ++c) {
             const float* gc = gt.data() + c * g_stride;
-            V s[kStemKernel] = {};
+            V s[8] = {};  // the stem's 7 taps and a zero: lane_totals8 reduces 8 vectors
             for (int64_t q = 0; q < Q; q += W) {
               const V lo = simd::load<V>(gc + q), hi = simd::load<V>(gc + q + 1);
               const V a0 = simd::load<V>(am.data() + q), a1 = simd::load<V>(am.data() + Q + q);
@@ -602,8 +595,10 @@ AVFUSED_INLINE void backward_tiles_impl(const BackwardArgs& a, int64_t unit_begi
               s[6] += a3 * lo;
               s[2] += a3 * hi;
             }
+            float totals[8];
+            simd::lane_totals8(s, totals);
             double* out = dw_acc + (c * F + f) * kStemKernel;
-            for (int64_t j = 0; j < kStemKernel; ++j) out[j] += horizontal_sum(s[j]);
+            for (int64_t j = 0; j < kStemKernel; ++j) out[j] += totals[j];
           }
         }
       }

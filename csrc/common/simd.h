@@ -89,6 +89,48 @@ AVFUSED_INLINE V abs(V v) {
   return bit_cast<V>(bits);
 }
 
+// The lane totals of eight vectors at once, out[i] = the sum of v[i]'s lanes: a transpose tree of shuffles
+// and adds (log2 W levels, each halving the lanes per vector), where eight separate lane loops would be eight
+// chains of W - 1 dependent scalar adds.
+AVFUSED_INLINE void lane_totals8(const Vec<16>::f (&v)[8], float* out) {
+  using V = Vec<16>::f;
+  V half[4], quarter[2];
+  for (int i = 0; i < 4; ++i) {  // lanes 0-7: v[2i] (pairs summed), lanes 8-15: v[2i+1]
+    const V& a = v[2 * i];
+    const V& b = v[2 * i + 1];
+    half[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+              __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  }
+  for (int i = 0; i < 2; ++i) {  // four lanes per vector of v
+    const V& a = half[2 * i];
+    const V& b = half[2 * i + 1];
+    quarter[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+                 __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  }
+  const V pairs =  // two lanes per vector of v
+      __builtin_shufflevector(quarter[0], quarter[1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+      __builtin_shufflevector(quarter[0], quarter[1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  const V totals = __builtin_shufflevector(pairs, pairs, 0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14) +
+                   __builtin_shufflevector(pairs, pairs, 1, 3, 5, 7, 9, 11, 13, 15, 1, 3, 5, 7, 9, 11, 13, 15);
+  std::memcpy(out, &totals, 8 * sizeof(float));
+}
+
+AVFUSED_INLINE void lane_totals8(const Vec<8>::f (&v)[8], float* out) {
+  using V = Vec<8>::f;
+  V half[4], quarter[2];
+  for (int i = 0; i < 4; ++i) {  // lanes 0-3: v[2i], lanes 4-7: v[2i+1]
+    half[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+              __builtin_shufflevector(v[2 * i], v[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+  for (int i = 0; i < 2; ++i) {  // two lanes per vector of v
+    quarter[i] = __builtin_shufflevector(half[2 * i], half[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+                 __builtin_shufflevector(half[2 * i], half[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+  }
+  const V totals = __builtin_shufflevector(quarter[0], quarter[1], 0, 2, 4, 6, 8, 10, 12, 14) +
+                   __builtin_shufflevector(quarter[0], quarter[1], 1, 3, 5, 7, 9, 11, 13, 15);
+  std::memcpy(out, &totals, 8 * sizeof(float));
+}
+
 // Natural log of W floats x > 0 (Cephes logf polynomial, relative error about 1e-7). NaN and +inf
 // pass through; the front end only calls it on |y| + eps >= eps.
 template <class V>
