@@ -15,18 +15,19 @@
 // u sqrt(log2 N) times the rms of its lane's two responses over the whole window (a loud burst leaves that
 // much on the quiet samples beside it). So a response with
 //   |y| < exact_below * max(||h_f|| rms_local(x),  kWindowFactor sqrt(log2 N / K) rms_window(lane))
-// is taken from the direct float32 sum instead (all W lanes of that position at once, lanes = filters:
-// rounding local to its K inputs), and where that is below the first term, recomputed in float64 exactly as
-// the direct forward does. The output is then as close to float64 as the direct forward's. Measured (the
-// model's filters, log_eps 1e-6, op output against float64): without the window term 1 s of bursts beside
-// near-silence kept 7.4e-4 of error; recomputing every flagged response in float64 instead of by the direct
-// sum made silent or near-silent pauses (zero padding, speech) 1.3-3x slower than the direct forward, where
-// now they are as fast or faster (docs/design.md, section 4).
+// is taken from the direct float32 sum instead (per flagged filter, or all W lanes of that position at
+// once where many are flagged: rounding local to its K inputs), and where that is below the first term,
+// recomputed in float64 exactly as the direct forward does. The output is then as close to float64 as the
+// direct forward's. Measured (the model's filters, log_eps 1e-6, op output against float64): without the
+// window term 1 s of bursts beside near-silence kept 7.4e-4 of error; recomputing every flagged response in
+// float64 instead of by the direct sum made silent or near-silent pauses (zero padding, speech) 1.3-3x slower
+// than the direct forward, where now they are as fast or faster (docs/design.md, section 4).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../common/simd.h"
@@ -75,11 +76,12 @@ struct FftArgs {
   const float* norms;      // (groups, 2, W): ||h_f||_2, zero for padding filters
   const float* x;          // (B, S), float32: the direct sums of the recompute
   const float* lane_taps;  // (groups, 2, K, W): the float32 taps per lane
+  const float* row_taps;   // (F, padded_taps): each filter's float32 taps, zero past K
   const double* x64;       // (B, S)
   const double* taps64;    // (F, K)
   float* acc;              // (B, C, O): stem of the log energies
   float* tile_sums;        // (B, tiles, F): sums of the log energies over each tile's own positions
-  int64_t samples, filters_count, taps, channels, outputs, tiles, out_tile, groups;
+  int64_t samples, filters_count, taps, padded_taps, channels, outputs, tiles, out_tile, groups;
   float log_eps, exact_below;
   float window_scale;      // exact_below * kWindowFactor sqrt(log2 N / K): the threshold's window term
   bool symmetric;          // linear-phase taps: fold k and K-1-k in the direct sums
@@ -252,6 +254,31 @@ AVFUSED_INLINE typename simd::Vec<W>::f direct_lanes(const float* window, const 
   return even + odd;
 }
 
+// The same direct float32 sum for one filter, vectorised over its taps (row: its padded_taps taps, zero past
+// K; window: padded_taps readable inputs): a few flagged lanes cost this each, where direct_lanes costs K
+// vector multiplies whatever the number of lanes that need it.
+template <int W>
+AVFUSED_INLINE float direct_one(const float* window, const float* row, int64_t padded_taps) {
+  using V = typename simd::Vec<W>::f;
+  V even{}, odd{};
+  int64_t k = 0;
+  for (; k + 2 * W <= padded_taps; k += 2 * W) {
+    even += simd::load<V>(row + k) * simd::load<V>(window + k);
+    odd += simd::load<V>(row + k + W) * simd::load<V>(window + k + W);
+  }
+  if (k < padded_taps) even += simd::load<V>(row + k) * simd::load<V>(window + k);
+  const V total = even + odd;
+  float sum = 0.f;
+  for (int l = 0; l < W; ++l) sum += total[l];
+  return sum;
+}
+
+// Up to this many flagged lanes of W take direct_one per lane, more take direct_lanes: one lane's dot costs
+// about K / W vector multiply-adds and a lane sum, the all-lanes sum K / 2 (folded taps) to K. On noise, 98 %
+// of the positions with a flagged lane have one or two.
+template <int W>
+constexpr int kMaxLaneDots = W / 4;
+
 template <int W>
 AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t unit_end) {
   using V = typename simd::Vec<W>::f;
@@ -266,9 +293,11 @@ AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t
   float* energy = energy_buffer.data();  // log energies of one half-group, lanes innermost
   float* out_lanes = out_buffer.data();  // stem partial sums per lane
   std::vector<double> window64(exact ? max_positions + K - 1 : 0);
-  std::vector<float> window(exact ? max_positions + K - 1 : 0);
+  std::vector<float> window(exact ? max_positions + a.padded_taps - 1 : 0);  // past K: read times zero taps
   std::vector<float> local(max_positions, 0.f);      // exact_below * rms of each position's inputs
   std::vector<float> spectrum(2 * kFftSize);
+  alignas(64) float ys[W];  // one position's responses, where some lanes are recomputed
+  int32_t flags[W];         // and which
   for (int64_t unit = unit_begin; unit < unit_end; ++unit) {
     const int64_t b = unit / a.tiles, tile = unit % a.tiles;
     const int64_t o0 = tile * T, out_count = std::min(T, a.outputs - o0);
@@ -309,25 +338,41 @@ AVFUSED_INLINE void fft_units_impl(const FftArgs& a, int64_t unit_begin, int64_t
             continue;
           }
           V y = simd::load<V>(z + tw.position[i + K - 1] * W);
+          // The rare lanes below go through the arrays ys / flags: a vector indexed by a lane number can make
+          // GCC keep it in memory on every position, not only on the few that need it.
           typename simd::Vec<W>::i below{};  // the lanes to recompute in float64
           if (exact) {
             const V local_threshold = simd::splat<V>(local[i]) * norm;
             below = simd::abs(y) < (local_threshold > window_threshold ? local_threshold : window_threshold);
-            if (simd::any<W>(below)) {  // the FFT's window-wide rounding may dominate: the direct float32 sum
-              y = below ? direct_lanes<W>(window.data() + i, taps, K, a.symmetric) : y;
+            if (__builtin_expect(simd::any<W>(below), 0)) {  // the FFT's window-wide rounding may dominate:
+              simd::store(ys, y);                               // the direct float32 sum
+              std::memcpy(flags, &below, sizeof(flags));
+              int flagged = 0;
+              for (int l = 0; l < W; ++l) flagged += flags[l] != 0;
+              if (flagged > kMaxLaneDots<W>) {
+                y = below ? direct_lanes<W>(window.data() + i, taps, K, a.symmetric) : y;
+              } else {
+                for (int l = 0; l < W; ++l) {
+                  if (flags[l] && f_base + l < a.filters_count)
+                    ys[l] = direct_one<W>(window.data() + i, a.row_taps + (f_base + l) * a.padded_taps, a.padded_taps);
+                }
+                y = simd::load<V>(ys);
+              }
               below = simd::abs(y) < local_threshold;  // what the direct forward recomputes in float64
             }
           }
           V value = simd::fast_log(simd::abs(y) + a.log_eps);
-          if (simd::any<W>(below)) {
+          simd::store(le, value);
+          if (__builtin_expect(simd::any<W>(below), 0)) {
+            std::memcpy(flags, &below, sizeof(flags));
             for (int l = 0; l < W; ++l) {
               const int64_t f = f_base + l;
-              if (!below[l] || f >= a.filters_count) continue;
+              if (!flags[l] || f >= a.filters_count) continue;
               const double y64 = exact::dot64(a.taps64 + f * K, window64.data() + i, K);
-              value[l] = static_cast<float>(std::log(std::fabs(y64) + a.log_eps));
+              le[l] = static_cast<float>(std::log(std::fabs(y64) + a.log_eps));
             }
+            value = simd::load<V>(le);
           }
-          simd::store(le, value);
           if (i >= own_begin && i < own_end) sum += value;
         }
         for (int l = 0; l < W && f_base + l < a.filters_count; ++l) sums[f_base + l] = sum[l];
@@ -423,6 +468,8 @@ std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_fft_forward(const AudioFr
                                 .contiguous();
   const at::Tensor norms = per_lane(in.filter_norms, groups, lanes);
   const at::Tensor lane_taps = per_lane(in.filters, groups, lanes);  // (groups, 2, K, W)
+  const int64_t padded_taps = (K + lanes - 1) / lanes * lanes;
+  const at::Tensor row_taps = at::constant_pad_nd(in.filters, {0, padded_taps - K}).contiguous();
 
   at::Tensor acc = at::empty({in.batch, in.channels, in.outputs}, in.x.options());
   at::Tensor tile_sums = at::empty({in.batch, tiles, in.filters_count}, in.x.options());
@@ -432,6 +479,7 @@ std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_fft_forward(const AudioFr
                      norms.data_ptr<float>(),
                      in.x.data_ptr<float>(),
                      lane_taps.data_ptr<float>(),
+                     row_taps.data_ptr<float>(),
                      in.x64.data_ptr<double>(),
                      in.filters64.data_ptr<double>(),
                      acc.data_ptr<float>(),
@@ -439,6 +487,7 @@ std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_fft_forward(const AudioFr
                      in.samples,
                      in.filters_count,
                      K,
+                     padded_taps,
                      in.channels,
                      in.outputs,
                      tiles,
