@@ -38,10 +38,9 @@ using exact::any_below;
 using exact::dot64;
 using exact::fill_window;
 using exact::local_rms;
+using simd::round_up;
 
 constexpr int64_t kMaxFilterBlock = 8;  // the filter bank is zero-padded to a multiple of this
-
-inline int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
 // ---------------------------------------------------------------------------------------------
 // forward

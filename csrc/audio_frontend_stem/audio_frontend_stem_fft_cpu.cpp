@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "../common/simd.h"
@@ -440,6 +441,43 @@ at::Tensor lane_pair_spectra(const at::Tensor& filters64, int64_t groups, int64_
   return out;
 }
 
+// What the FFT forward derives from the filters alone. Inference calls the op with the same filters every
+// time (rebuilding this set was about 2 ms a call at F = 256, K = 251, N = 1024), so the last set is kept;
+// it is reused only for bit-identical float64 filters at the same lane width, so a changed filter (training)
+// never reads a stale one. The tensors are never written after they are built.
+struct FilterLayout {
+  std::vector<double> key;  // the float64 filters (F x K) the set was built from
+  int64_t lanes = 0;
+  bool with_norms = false;  // norms are ||h_f|| (the exact recompute on), not zeros
+  at::Tensor spectra, norms, lane_taps, row_taps;
+};
+
+FilterLayout filter_layout(const AudioFrontendStemInputs& in, int64_t groups, int64_t lanes, bool with_norms) {
+  static std::mutex mutex;
+  static FilterLayout last;
+  const int64_t count = in.filters_count * in.taps;
+  const double* h = in.filters64.data_ptr<double>();
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (last.lanes == lanes && last.with_norms == with_norms && static_cast<int64_t>(last.key.size()) == count &&
+        std::memcmp(last.key.data(), h, count * sizeof(double)) == 0) {
+      return last;
+    }
+  }
+  FilterLayout layout;
+  layout.key.assign(h, h + count);
+  layout.lanes = lanes;
+  layout.with_norms = with_norms;
+  layout.spectra = lane_pair_spectra(in.filters64, groups, lanes);
+  layout.norms = per_lane(in.filter_norms, groups, lanes);
+  layout.lane_taps = per_lane(in.filters, groups, lanes);  // (groups, 2, K, W)
+  const int64_t padded_taps = simd::round_up(in.taps, lanes);
+  layout.row_taps = at::constant_pad_nd(in.filters, {0, padded_taps - in.taps}).contiguous();
+  std::lock_guard<std::mutex> lock(mutex);
+  last = layout;
+  return layout;
+}
+
 }  // namespace
 
 int64_t fft_forward_out_tile(int64_t taps) { return (kFftSize - taps + 1 - kStemPad) / kStemStride; }
@@ -463,23 +501,19 @@ std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_fft_forward(const AudioFr
   const at::Tensor spectra =  // (B, tiles, N/2 + 1, 2): x is real, the other half is conjugate
       at::view_as_real(at::fft_rfft(shifted.unfold(1, kFftSize, hop))).to(at::kFloat).contiguous();
 
-  const at::Tensor filters = lane_pair_spectra(in.filters64, groups, lanes);
+  const FilterLayout layout = filter_layout(in, groups, lanes, exact_below > 0);
   const at::Tensor weight = per_lane(in.stem_weight.transpose(0, 1), groups, lanes)  // (groups, 2, C, 7, W)
                                 .contiguous();
-  const at::Tensor norms = per_lane(in.filter_norms, groups, lanes);
-  const at::Tensor lane_taps = per_lane(in.filters, groups, lanes);  // (groups, 2, K, W)
-  const int64_t padded_taps = (K + lanes - 1) / lanes * lanes;
-  const at::Tensor row_taps = at::constant_pad_nd(in.filters, {0, padded_taps - K}).contiguous();
 
   at::Tensor acc = at::empty({in.batch, in.channels, in.outputs}, in.x.options());
   at::Tensor tile_sums = at::empty({in.batch, tiles, in.filters_count}, in.x.options());
   const FftArgs args{spectra.data_ptr<float>(),
-                     filters.data_ptr<float>(),
+                     layout.spectra.data_ptr<float>(),
                      weight.data_ptr<float>(),
-                     norms.data_ptr<float>(),
+                     layout.norms.data_ptr<float>(),
                      in.x.data_ptr<float>(),
-                     lane_taps.data_ptr<float>(),
-                     row_taps.data_ptr<float>(),
+                     layout.lane_taps.data_ptr<float>(),
+                     layout.row_taps.data_ptr<float>(),
                      in.x64.data_ptr<double>(),
                      in.filters64.data_ptr<double>(),
                      acc.data_ptr<float>(),
@@ -487,7 +521,7 @@ std::tuple<at::Tensor, at::Tensor> audio_frontend_stem_fft_forward(const AudioFr
                      in.samples,
                      in.filters_count,
                      K,
-                     padded_taps,
+                     layout.row_taps.size(1),
                      in.channels,
                      in.outputs,
                      tiles,

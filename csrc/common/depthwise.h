@@ -19,7 +19,7 @@ namespace avfused::depthwise {
 
 constexpr int64_t kRowChunks = 4;       // vectors of one row computed together (register accumulators)
 
-inline int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+using simd::round_up;
 
 template <class V>
 AVFUSED_INLINE V load_first(const float* p, int64_t count) {

@@ -13,6 +13,9 @@
 
 namespace avfused::simd {
 
+// The smallest multiple of `multiple` that is >= value (value >= 0): padded lengths of vector loops.
+inline int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+
 template <int W>
 struct Vec {
   typedef float f __attribute__((vector_size(W * 4)));

@@ -665,6 +665,28 @@ def test_ext_fft_forward_at_default_log_eps_as_close_as_the_direct_one(target, s
 
 
 @pytest.mark.parametrize("target", [EXT_CPU])
+def test_ext_fft_forward_reuses_its_filter_set_only_for_the_same_filters(target):
+    """The FFT forward keeps the filters' spectra and per-lane copies of its last call: a changed filter, or
+    the exact recompute turned on after a call without it (whose set has no filter norms), must rebuild them."""
+    x, h, w = op_inputs((1, 1001, 16, 251, 3), "cpu")
+    first, _ = fft_forward(x, h, w, 1e-2)
+    changed = h.clone()
+    changed[3] *= 1.5  # still linear phase
+    second, _ = fft_forward(x, changed, w, 1e-2)
+    assert_matches_reference(second, kernel_core64(x, changed, w, 1e-2), name="changed filters")
+    assert not torch.equal(first, second)
+
+    low, band = mel_cutoffs(256)
+    x = reference.preemphasis_and_norm(torch.randn(1, 8000, dtype=torch.float64) * 0.1)
+    h = reference.sinc_filterbank(low.double(), band.double(), 251)
+    w = torch.randn(8, 256, 7) / 16
+    ref = kernel_core64(x, h, w, 1e-6)
+    without, _ = fft_forward(x, h, w, 1e-6, exact_below=0.0)
+    with_recompute, _ = fft_forward(x, h, w, 1e-6)
+    assert relative_error(with_recompute, ref) <= 2e-5 < relative_error(without, ref)
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
 def test_ext_auto_formulation_takes_the_fft_while_tiles_of_64_outputs_fit(target):
     """"auto" is the FFT forward up to 765 taps (tiles of 64 stem outputs in its window), the direct sum above."""
     for taps, expected in ((11, "fft"), (251, "fft"), (765, "fft"), (767, "direct")):
