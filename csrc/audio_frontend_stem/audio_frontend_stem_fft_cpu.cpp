@@ -447,6 +447,7 @@ at::Tensor lane_pair_spectra(const at::Tensor& filters64, int64_t groups, int64_
 // never reads a stale one. The tensors are never written after they are built.
 struct FilterLayout {
   std::vector<double> key;  // the float64 filters (F x K) the set was built from
+  int64_t taps = 0;         // K: with key's length, F (two banks may hold the same numbers in other shapes)
   int64_t lanes = 0;
   bool with_norms = false;  // norms are ||h_f|| (the exact recompute on), not zeros
   at::Tensor spectra, norms, lane_taps, row_taps;
@@ -459,13 +460,14 @@ FilterLayout filter_layout(const AudioFrontendStemInputs& in, int64_t groups, in
   const double* h = in.filters64.data_ptr<double>();
   {
     std::lock_guard<std::mutex> lock(mutex);
-    if (last.lanes == lanes && last.with_norms == with_norms && static_cast<int64_t>(last.key.size()) == count &&
+    if (last.taps == in.taps && last.lanes == lanes && last.with_norms == with_norms && static_cast<int64_t>(last.key.size()) == count &&
         std::memcmp(last.key.data(), h, count * sizeof(double)) == 0) {
       return last;
     }
   }
   FilterLayout layout;
   layout.key.assign(h, h + count);
+  layout.taps = in.taps;
   layout.lanes = lanes;
   layout.with_norms = with_norms;
   layout.spectra = lane_pair_spectra(in.filters64, groups, lanes);

@@ -667,7 +667,8 @@ def test_ext_fft_forward_at_default_log_eps_as_close_as_the_direct_one(target, s
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_ext_fft_forward_reuses_its_filter_set_only_for_the_same_filters(target):
     """The FFT forward keeps the filters' spectra and per-lane copies of its last call: a changed filter, or
-    the exact recompute turned on after a call without it (whose set has no filter norms), must rebuild them."""
+    the same numbers in another (filters, taps) shape, or the exact recompute turned on after a call without it
+    (whose set has no filter norms), must rebuild them."""
     x, h, w = op_inputs((1, 1001, 16, 251, 3), "cpu")
     first, _ = fft_forward(x, h, w, 1e-2)
     changed = h.clone()
@@ -675,6 +676,13 @@ def test_ext_fft_forward_reuses_its_filter_set_only_for_the_same_filters(target)
     second, _ = fft_forward(x, changed, w, 1e-2)
     assert_matches_reference(second, kernel_core64(x, changed, w, 1e-2), name="changed filters")
     assert not torch.equal(first, second)
+
+    bank = torch.randn(6, 93, dtype=torch.float64) * 0.2  # the same numbers as 6 filters of 93 taps, then 2 of 279
+    x = torch.randn(1, 900, dtype=torch.float64)
+    for h in (bank, bank.reshape(2, 279)):
+        w = torch.randn(3, h.shape[0], 7)
+        out, _ = fft_forward(x, h, w, 1e-2, linear_phase=False)
+        assert_matches_reference(out, kernel_core64(x, h, w, 1e-2), name=f"{tuple(h.shape)} filters")
 
     low, band = mel_cutoffs(256)
     x = reference.preemphasis_and_norm(torch.randn(1, 8000, dtype=torch.float64) * 0.1)
