@@ -11,6 +11,8 @@ What is folded (docs/design.md, section 2; the algebra is in avfused.fold), and 
 * every batch norm after a convolution into it (downsampling, the SAAVM squeezes), every batch norm before a
   1x1 convolution into it (the VPM's two pre-norms), the layer scales into the convolutions they scale, and
   the VPM's proj_out bias into the conv MLP's biases;
+* the VPM's attention branch, both 1x1 convolutions around the large-kernel attention and the residual, in
+  one pass where the C++ path runs it (op ``large_kernel_attention_residual``);
 * the SAAVM squeeze convolutions computed straight into tokens (ops ``video_squeeze_tokens``,
   ``audio_squeeze_tokens``), and the scatter-back convolutions with the batch norms after the SAAVM folded
   into them plus one scale of the residual, in one pass each (``video_expand_residual``,
@@ -190,9 +192,14 @@ class FoldedVPM(_Folded):
 
     def forward(self, x: Tensor, frames: int) -> Tensor:
         x = mix_frames(self.fuse, x, frames)
-        p = torch.relu_(pointwise(x, self.in_w, self.in_b))
-        context = self.op("large_kernel_attention", x.device)(p, *self.lka)
-        x = pointwise(context, self.out_w, residual=x)  # proj_out's bias is in the MLP's (see __init__)
+        # proj_out's bias is in the MLP's (see __init__)
+        attention = backends.optional_module_op("large_kernel_attention_residual", self, x.device)
+        if attention is not None:  # the C++ path: both 1x1 convolutions and the residual inside one kernel
+            x = attention(x, self.in_w, self.in_b, *self.lka, self.out_w)
+        else:
+            p = torch.relu_(pointwise(x, self.in_w, self.in_b))
+            context = self.op("large_kernel_attention", x.device)(p, *self.lka)
+            x = pointwise(context, self.out_w, residual=x)
         x = self.op("conv_mlp", x.device)(x, *self.mlp).add_(x)
         x = mix_frames(self.unfuse, x, frames)
         return torch.addcmul(_channels(self.norm_shift, 4), x, _channels(self.norm_scale, 4))

@@ -8,6 +8,7 @@ N = batch*frames images, H x W pixels, L tokens, D = 49 token values):
     audio_frontend(wave (B, S), low_hz, band_hz)                 -> (B, F, S)
     audio_frontend_stem(wave (B, S), low_hz, band_hz, w (C, F, 7)) -> (B, C, ceil(S / 4))
     large_kernel_attention(p (N, C, H, W), w5, b5, w7, b7, w1, b1) -> (N, C, H, W)
+    large_kernel_attention_residual(x (N, C, H, W), w_in, b_in, w5, b5, w7, b7, w1, b1, w_out) -> (N, C, H, W)
     conv_mlp(x (N, C, H, W), w_in, b_in, w_dw, b_dw, w_out, b_out)  -> (N, C, H, W)
     joint_token_attention(tokens (B, L, D), pos (L, D), ln_w, ln_b, lin_w, lin_b) -> (B, L, D)
     video_stem(frames (N, I, H, W), w (C, I, K, K), b (C,), border (I,)) -> (N, C, ceil(H/4), ceil(W/4))
@@ -127,6 +128,18 @@ def large_kernel_attention(p: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Te
     context = F.conv2d(context, w7, b7, padding=9, dilation=3, groups=channels)
     context = F.conv2d(context, w1.reshape(channels, channels, 1, 1), b1)
     return p * context
+
+
+def large_kernel_attention_residual(x: Tensor, w_in: Tensor, b_in: Tensor, w5: Tensor, b5: Tensor, w7: Tensor,
+                                    b7: Tensor, w1: Tensor, b1: Tensor, w_out: Tensor) -> Tensor:
+    """The folded VPM's attention branch with its residual: x + w_out @ large_kernel_attention(ReLU(w_in @ x + b_in)).
+
+    w_in, w1, w_out (C, C) or (C, C, 1, 1); w5 (C, 1, 5, 5) or (C, 25), w7 (C, 1, 7, 7) or (C, 49); biases (C,).
+    """
+    channels = x.shape[1]
+    p = F.relu(F.conv2d(x, w_in.reshape(channels, channels, 1, 1), b_in))
+    attention = large_kernel_attention(p, w5.reshape(channels, 1, 5, 5), b5, w7.reshape(channels, 1, 7, 7), b7, w1, b1)
+    return x + F.conv2d(attention, w_out.reshape(channels, channels, 1, 1))
 
 
 def conv_mlp(x: Tensor, w_in: Tensor, b_in: Tensor, w_dw: Tensor, b_dw: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:
