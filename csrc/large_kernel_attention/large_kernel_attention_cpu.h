@@ -48,30 +48,38 @@ AVFUSED_INLINE void context_planes(const LkaArgs& a, const float* p, BorderedPla
   }
 }
 
-// The gate g[co][x] = b1[co] + sum_ci w1[co][ci] context[ci][x] for U W pixels of one row, of which `valid`
-// are inside the image. Forward: out = p g. Backward (kGrad): out = grad g (dp's first term) and
-// dgate = grad p (zero past the image).
-template <int W, int U, bool kGrad>
-AVFUSED_INLINE void gate_chunks(const LkaArgs& a, const float* context, int64_t context_plane, const float* p,
-                                const float* grad, float* out, float* dgate, int64_t valid) {
+// The gate g[co][x] = b1[co] + sum_ci w1[co][ci] context[ci][x] of output channels co .. co + B - 1 for U W
+// pixels of one row, of which `valid` are inside the image. Forward: out = p g. Backward (kGrad): out = grad g
+// (dp's first term) and dgate = grad p (zero past the image). B channels at a time, so that each context
+// vector loaded feeds B multiply-adds (one at a time, the 1x1 is bound by its loads).
+template <int W, int U, int B, bool kGrad>
+AVFUSED_INLINE void gate_block(const LkaArgs& a, const float* context, int64_t context_plane, const float* p,
+                               const float* grad, float* out, float* dgate, int64_t valid, int64_t co) {
   using V = typename simd::Vec<W>::f;
   const int64_t channels = a.channels, plane = a.height * a.width;
-  for (int64_t co = 0; co < channels; ++co) {
-    V acc[U];
-    for (int u = 0; u < U; ++u) acc[u] = simd::splat<V>(a.b1[co]);
-    for (int64_t ci = 0; ci < channels; ++ci) {
-      const float tap = a.w1[co * channels + ci];
-      const float* source = context + ci * context_plane;
-      for (int u = 0; u < U; ++u) acc[u] += tap * simd::load<V>(source + u * W);
+  V acc[B][U];
+  for (int b = 0; b < B; ++b) {
+    for (int u = 0; u < U; ++u) acc[b][u] = simd::splat<V>(a.b1[co + b]);
+  }
+  for (int64_t ci = 0; ci < channels; ++ci) {
+    const float* source = context + ci * context_plane;
+    V v[U];
+    for (int u = 0; u < U; ++u) v[u] = simd::load<V>(source + u * W);
+    for (int b = 0; b < B; ++b) {
+      const float tap = a.w1[(co + b) * channels + ci];
+      for (int u = 0; u < U; ++u) acc[b][u] += tap * v[u];
     }
+  }
+  for (int b = 0; b < B; ++b) {
     for (int u = 0; u < U; ++u) {
-      const int64_t offset = co * plane + u * W, count = std::min<int64_t>(W, valid - u * W);
+      const int64_t offset = (co + b) * plane + u * W, count = std::min<int64_t>(W, valid - u * W);
       const V pv = count == W ? simd::load<V>(p + offset) : load_first<V>(p + offset, count);
-      V result = pv * acc[u];
+      V result = pv * acc[b][u];
       if constexpr (kGrad) {
         const V gv = count == W ? simd::load<V>(grad + offset) : load_first<V>(grad + offset, count);
-        result = gv * acc[u];
-        simd::store(dgate + co * context_plane + u * W, gv * pv);  // load_first zeroes the lanes past the image
+        result = gv * acc[b][u];
+        // load_first zeroes the lanes past the image
+        simd::store(dgate + (co + b) * context_plane + u * W, gv * pv);
       }
       if (count == W) {
         simd::store(out + offset, result);
@@ -80,6 +88,17 @@ AVFUSED_INLINE void gate_chunks(const LkaArgs& a, const float* context, int64_t 
       }
     }
   }
+}
+
+template <int W, int U, bool kGrad>
+AVFUSED_INLINE void gate_chunks(const LkaArgs& a, const float* context, int64_t context_plane, const float* p,
+                                const float* grad, float* out, float* dgate, int64_t valid) {
+  constexpr int B = W == 16 ? 4 : 2;  // B U accumulators: 16 of AVX-512's 32 registers, 8 of AVX2's 16
+  int64_t co = 0;
+  for (; co + B <= a.channels; co += B) {
+    gate_block<W, U, B, kGrad>(a, context, context_plane, p, grad, out, dgate, valid, co);
+  }
+  for (; co < a.channels; ++co) gate_block<W, U, 1, kGrad>(a, context, context_plane, p, grad, out, dgate, valid, co);
 }
 
 template <int W, bool kGrad>
