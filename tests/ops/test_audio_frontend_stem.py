@@ -727,3 +727,29 @@ def test_ext_fft_forward_opcheck_and_whole_op(target):
     for formulation in ("fft", "direct"):
         out = audio_frontend_stem.ext(wave, low, band, weight, formulation=formulation, **kw)
         assert_within_twice_torch(out, ref, torch32, f"op forward, {formulation}")
+
+
+@pytest.mark.parametrize("target", [EXT_CPU])
+def test_wrapper_reuses_its_filters_only_for_equal_cut_offs_and_settings(target):
+    """Outside autograd the wrapper keeps its last float64 filterbank: cut-offs changed in place (the same
+    tensors, as an optimiser step leaves them), or another setting, must rebuild it; under autograd the
+    cut-offs still get their gradients."""
+    wave, low, band, weight = make_inputs(1, 1500, 12, 3)
+
+    def expected(low_hz, band_hz, kernel_size=251):
+        return reference.audio_frontend_stem(wave.double(), low_hz.double(), band_hz.double(), weight.double(),
+                                             kernel_size, log_eps=1e-2)
+
+    with torch.no_grad():
+        first = audio_frontend_stem.ext(wave, low, band, weight, log_eps=1e-2)
+        assert_matches_reference(first, expected(low, band), name="first call")
+        assert torch.equal(audio_frontend_stem.ext(wave, low, band, weight, log_eps=1e-2), first)
+        low.mul_(1.3)
+        band[2] += 40.0
+        changed = audio_frontend_stem.ext(wave, low, band, weight, log_eps=1e-2)
+        assert_matches_reference(changed, expected(low, band), name="cut-offs changed in place")
+        shorter = audio_frontend_stem.ext(wave, low, band, weight, kernel_size=101, log_eps=1e-2)
+        assert_matches_reference(shorter, expected(low, band, 101), name="another kernel size")
+    low.requires_grad_()
+    audio_frontend_stem.ext(wave, low, band, weight, log_eps=1e-2).sum().backward()
+    assert low.grad is not None and low.grad.abs().sum() > 0
