@@ -55,6 +55,12 @@ def _frozen(tensor: Tensor) -> nn.Parameter:
     return nn.Parameter(tensor.detach().clone(), requires_grad=False)
 
 
+def _tensors(parameters: nn.ParameterList) -> tuple[Tensor, ...]:
+    """A ParameterList's tensors in order, read from its dict at once (indexing it costs a string conversion and
+    a module lookup per item, a few hundred per clip)."""
+    return tuple(parameters._parameters.values())
+
+
 def _channels(vector: Tensor, dims: int) -> Tensor:
     """A (C,) vector shaped to broadcast over dimension 1 of a ``dims``-dimensional tensor."""
     return vector.reshape((1, -1) + (1,) * (dims - 2))
@@ -195,12 +201,12 @@ class FoldedVPM(_Folded):
         # proj_out's bias is in the MLP's (see __init__)
         attention = backends.optional_module_op("large_kernel_attention_residual", self, x.device)
         if attention is not None:  # the C++ path: both 1x1 convolutions and the residual inside one kernel
-            x = attention(x, self.in_w, self.in_b, *self.lka, self.out_w)
+            x = attention(x, self.in_w, self.in_b, *_tensors(self.lka), self.out_w)
         else:
             p = torch.relu_(pointwise(x, self.in_w, self.in_b))
-            context = self.op("large_kernel_attention", x.device)(p, *self.lka)
+            context = self.op("large_kernel_attention", x.device)(p, *_tensors(self.lka))
             x = pointwise(context, self.out_w, residual=x)
-        x = self.op("conv_mlp", x.device)(x, *self.mlp).add_(x)
+        x = self.op("conv_mlp", x.device)(x, *_tensors(self.mlp)).add_(x)
         x = mix_frames(self.unfuse, x, frames)
         return torch.addcmul(_channels(self.norm_shift, 4), x, _channels(self.norm_scale, 4))
 
@@ -235,24 +241,25 @@ class FoldedSAAVM(_Folded):
 
     def tokens(self, video: Tensor, audio: Tensor) -> Tensor:
         """(B, T * windows + T, window**2) from video (B*T, C, H, W) and audio (B, C, L)."""
-        video_tokens = self.op("video_squeeze_tokens", video.device)(video, *self.video_squeeze, self.frames,
-                                                                     self.window)
-        audio_tokens = self.op("audio_squeeze_tokens", audio.device)(audio, *self.audio_squeeze, self.frames,
-                                                                     self.window * self.window)
+        squeeze_video, squeeze_audio = self.op("video_squeeze_tokens", video.device), self.op("audio_squeeze_tokens",
+                                                                                              audio.device)
+        video_tokens = squeeze_video(video, *_tensors(self.video_squeeze), self.frames, self.window)
+        audio_tokens = squeeze_audio(audio, *_tensors(self.audio_squeeze), self.frames, self.window * self.window)
         return torch.cat([video_tokens, audio_tokens], dim=1)
 
     def forward(self, video: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
         tokens = self.tokens(video, audio)
-        pos = self.attention[0]
+        pos = _tensors(self.attention)[0]
         if tokens.shape[1] != pos.shape[0]:
             raise InputShapeError(
                 f"SAAVM was built for {pos.shape[0]} tokens but a {video.shape[-2]}x{video.shape[-1]} map with "
                 f"{self.frames} frames makes {tokens.shape[1]}; build it with num_tokens for this input size"
             )
-        mixed = self.op("joint_token_attention", tokens.device)(tokens, *self.attention)
-        video = self.op("video_expand_residual", video.device)(video, mixed[:, : -self.frames], *self.video_expand,
-                                                               self.window)
-        audio = self.op("audio_expand_residual", audio.device)(audio, mixed[:, -self.frames :], *self.audio_expand)
+        mixed = self.op("joint_token_attention", tokens.device)(tokens, *_tensors(self.attention))
+        expand_video, expand_audio = self.op("video_expand_residual", video.device), self.op("audio_expand_residual",
+                                                                                             audio.device)
+        video = expand_video(video, mixed[:, : -self.frames], *_tensors(self.video_expand), self.window)
+        audio = expand_audio(audio, mixed[:, -self.frames :], *_tensors(self.audio_expand))
         return video, audio
 
 
