@@ -300,8 +300,10 @@ void mlp_backward_images_w16(const MlpArgs& a, int64_t begin, int64_t end, Gradi
 }
 #endif
 
-// `weight` (rows, cols) zero-padded to `padded_rows` rows, contiguous.
+// `weight` (rows, cols) zero-padded to `padded_rows` rows, contiguous (no copy where it has them already, as
+// the model's E = 4 C always does).
 at::Tensor pad_rows(const at::Tensor& weight, int64_t padded_rows) {
+  if (weight.size(0) == padded_rows) return weight.reshape({padded_rows, -1}).contiguous();
   at::Tensor padded = at::zeros({padded_rows, weight.numel() / weight.size(0)}, weight.options());
   padded.narrow(0, 0, weight.size(0)).copy_(weight.reshape({weight.size(0), -1}));
   return padded;
