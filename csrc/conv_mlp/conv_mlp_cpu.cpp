@@ -330,7 +330,7 @@ MlpInputs check_cpu_inputs(const char* op, const at::Tensor& x, const at::Tensor
   in.b_in = pad_rows(b_in.reshape({-1, 1}), padded);
   in.w_dw = pad_rows(w_dw, padded);
   in.b_dw = pad_rows(b_dw.reshape({-1, 1}), padded);
-  in.w_out = pad_rows(w_out.t(), padded).t().contiguous();
+  in.w_out = padded == expanded ? w_out.contiguous() : pad_rows(w_out.t(), padded).t().contiguous();
   if (b_out.defined()) in.b_out = b_out.contiguous();
   in.channels = channels;
   in.expanded = expanded;
