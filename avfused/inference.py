@@ -241,8 +241,8 @@ class FoldedSAAVM(_Folded):
 
     def tokens(self, video: Tensor, audio: Tensor) -> Tensor:
         """(B, T * windows + T, window**2) from video (B*T, C, H, W) and audio (B, C, L)."""
-        squeeze_video, squeeze_audio = self.op("video_squeeze_tokens", video.device), self.op("audio_squeeze_tokens",
-                                                                                              audio.device)
+        squeeze_video = self.op("video_squeeze_tokens", video.device)
+        squeeze_audio = self.op("audio_squeeze_tokens", audio.device)
         video_tokens = squeeze_video(video, *_tensors(self.video_squeeze), self.frames, self.window)
         audio_tokens = squeeze_audio(audio, *_tensors(self.audio_squeeze), self.frames, self.window * self.window)
         return torch.cat([video_tokens, audio_tokens], dim=1)
@@ -256,8 +256,8 @@ class FoldedSAAVM(_Folded):
                 f"{self.frames} frames makes {tokens.shape[1]}; build it with num_tokens for this input size"
             )
         mixed = self.op("joint_token_attention", tokens.device)(tokens, *_tensors(self.attention))
-        expand_video, expand_audio = self.op("video_expand_residual", video.device), self.op("audio_expand_residual",
-                                                                                             audio.device)
+        expand_video = self.op("video_expand_residual", video.device)
+        expand_audio = self.op("audio_expand_residual", audio.device)
         video = expand_video(video, mixed[:, : -self.frames], *_tensors(self.video_expand), self.window)
         audio = expand_audio(audio, mixed[:, -self.frames :], *_tensors(self.audio_expand))
         return video, audio

@@ -83,20 +83,20 @@ def check_inputs(backend: str, wave: Tensor, low_hz: Tensor, band_hz: Tensor, st
         raise InputShapeError(f"{OP}: kernel_size must be a positive odd number of taps, got {kernel_size}")
 
 
-# The last float64 filterbank built outside autograd, with what it was built from: inference calls the op with
+# The last float64 filterbank built with gradients off, with what it was built from: inference calls the op with
 # the same cut-offs every time, and building the filters (F x K sines in float64) costs ~1.5 ms a call.
 _last_filters: tuple | None = None
 
 
 def float64_filters(low_hz: Tensor, band_hz: Tensor, kernel_size: int, sample_rate: int, min_low_hz: float,
                     min_band_hz: float) -> Tensor:
-    """``reference.sinc_filterbank`` in float64 (both backends' filters). Where autograd does not record, the
-    last such call's filters are reused when the cut-offs are equal in value (not only the same tensors: an
-    optimiser step changes them in place) and every setting is the same."""
+    """``reference.sinc_filterbank`` in float64 (both backends' filters). With gradients off (torch.no_grad,
+    inference mode), the last such call's filters are reused when the cut-offs are equal in value (not only the
+    same tensors: an optimiser step changes them in place) and every setting is the same. Only then: a call that
+    autograd records may save the filters for its backward, which an inference-mode tensor cannot be."""
     global _last_filters
     settings = (kernel_size, sample_rate, min_low_hz, min_band_hz, low_hz.dtype, band_hz.dtype, low_hz.device)
-    records = torch.is_grad_enabled() and (low_hz.requires_grad or band_hz.requires_grad)
-    cached = not records and not torch.compiler.is_compiling()
+    cached = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
     if cached and _last_filters is not None:
         low, band, built_with, filters = _last_filters
         if (built_with == settings and low.shape == low_hz.shape and band.shape == band_hz.shape

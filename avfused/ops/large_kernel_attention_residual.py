@@ -50,6 +50,7 @@ def check_inputs(backend: str, x: Tensor, w_in: Tensor, b_in: Tensor, w5: Tensor
     for name, bias in (("b_in", b_in), ("b5", b5), ("b7", b7), ("b1", b1)):
         check_shape(OP, name, bias, (c,), "(C,)")
 
+
 def ext(x: Tensor, w_in: Tensor, b_in: Tensor, w5: Tensor, b5: Tensor, w7: Tensor, b7: Tensor, w1: Tensor, b1: Tensor,
         w_out: Tensor) -> Tensor:
     """The extension backend of the op; returns x's dtype (computed in float32)."""

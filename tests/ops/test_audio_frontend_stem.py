@@ -731,9 +731,9 @@ def test_ext_fft_forward_opcheck_and_whole_op(target):
 
 @pytest.mark.parametrize("target", [EXT_CPU])
 def test_wrapper_reuses_its_filters_only_for_equal_cut_offs_and_settings(target):
-    """Outside autograd the wrapper keeps its last float64 filterbank: cut-offs changed in place (the same
-    tensors, as an optimiser step leaves them), or another setting, must rebuild it; under autograd the
-    cut-offs still get their gradients."""
+    """With gradients off the wrapper keeps its last float64 filterbank: cut-offs changed in place (the same
+    tensors, as an optimiser step leaves them), or another setting, must rebuild it; a call after one in
+    inference mode still trains (with frozen cut-offs too: the stem weight's backward saves the filters)."""
     wave, low, band, weight = make_inputs(1, 1500, 12, 3)
 
     def expected(low_hz, band_hz, kernel_size=251):
@@ -750,6 +750,11 @@ def test_wrapper_reuses_its_filters_only_for_equal_cut_offs_and_settings(target)
         assert_matches_reference(changed, expected(low, band), name="cut-offs changed in place")
         shorter = audio_frontend_stem.ext(wave, low, band, weight, kernel_size=101, log_eps=1e-2)
         assert_matches_reference(shorter, expected(low, band, 101), name="another kernel size")
+    with torch.inference_mode():
+        audio_frontend_stem.ext(wave, low, band, weight, log_eps=1e-2)
+    weight.requires_grad_()
+    audio_frontend_stem.ext(wave, low, band, weight, log_eps=1e-2).sum().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
     low.requires_grad_()
     audio_frontend_stem.ext(wave, low, band, weight, log_eps=1e-2).sum().backward()
     assert low.grad is not None and low.grad.abs().sum() > 0
