@@ -261,17 +261,13 @@ AVFUSED_INLINE typename simd::Vec<W>::f direct_lanes(const float* window, const 
 template <int W>
 AVFUSED_INLINE float direct_one(const float* window, const float* row, int64_t padded_taps) {
   using V = typename simd::Vec<W>::f;
-  V even{}, odd{};
+  V acc[4] = {};  // four chains: the dot is bound by the multiply-add latency, not its throughput
   int64_t k = 0;
-  for (; k + 2 * W <= padded_taps; k += 2 * W) {
-    even += simd::load<V>(row + k) * simd::load<V>(window + k);
-    odd += simd::load<V>(row + k + W) * simd::load<V>(window + k + W);
+  for (; k + 4 * W <= padded_taps; k += 4 * W) {
+    for (int i = 0; i < 4; ++i) acc[i] += simd::load<V>(row + k + i * W) * simd::load<V>(window + k + i * W);
   }
-  if (k < padded_taps) even += simd::load<V>(row + k) * simd::load<V>(window + k);
-  const V total = even + odd;
-  float sum = 0.f;
-  for (int l = 0; l < W; ++l) sum += total[l];
-  return sum;
+  for (; k < padded_taps; k += W) acc[0] += simd::load<V>(row + k) * simd::load<V>(window + k);
+  return simd::lane_total<W>((acc[0] + acc[1]) + (acc[2] + acc[3]));
 }
 
 // Up to this many flagged lanes of W take direct_one per lane, more take direct_lanes: one lane's dot costs

@@ -66,14 +66,33 @@ AVFUSED_INLINE To bit_cast(const From& from) {
   return to;
 }
 
-// Whether any lane of a comparison's result (-1 where true) is set.
+// Whether any lane of a comparison's result (-1 where true) is set: halves OR-ed together down to 64 bits
+// (log2 W vector ORs, where OR-ing the W / 2 64-bit parts one by one moves each into a general register).
 template <int W>
 AVFUSED_INLINE bool any(const typename Vec<W>::i& mask) {
-  uint64_t parts[W / 2];
-  std::memcpy(parts, &mask, sizeof(parts));
-  uint64_t set = 0;
-  for (int i = 0; i < W / 2; ++i) set |= parts[i];
-  return set != 0;
+  if constexpr (W <= 2) {
+    uint64_t bits = 0;
+    std::memcpy(&bits, &mask, sizeof(mask));
+    return bits != 0;
+  } else {
+    typename Vec<W / 2>::i low, high;
+    std::memcpy(&low, &mask, sizeof(low));
+    std::memcpy(&high, reinterpret_cast<const char*>(&mask) + sizeof(low), sizeof(high));
+    return any<W / 2>(low | high);
+  }
+}
+
+// The sum of a vector's lanes by halving (log2 W dependent adds, where a lane loop is W - 1).
+template <int W>
+AVFUSED_INLINE float lane_total(const typename Vec<W>::f& v) {
+  if constexpr (W <= 2) {
+    return W == 2 ? v[0] + v[1] : v[0];
+  } else {
+    typename Vec<W / 2>::f low, high;
+    std::memcpy(&low, &v, sizeof(low));
+    std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof(low), sizeof(high));
+    return lane_total<W / 2>(low + high);
+  }
 }
 
 template <class V>
