@@ -249,13 +249,14 @@ class FoldedSAAVM(_Folded):
 
     def forward(self, video: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
         tokens = self.tokens(video, audio)
-        pos = _tensors(self.attention)[0]
+        attention = _tensors(self.attention)
+        pos = attention[0]
         if tokens.shape[1] != pos.shape[0]:
             raise InputShapeError(
                 f"SAAVM was built for {pos.shape[0]} tokens but a {video.shape[-2]}x{video.shape[-1]} map with "
                 f"{self.frames} frames makes {tokens.shape[1]}; build it with num_tokens for this input size"
             )
-        mixed = self.op("joint_token_attention", tokens.device)(tokens, *_tensors(self.attention))
+        mixed = self.op("joint_token_attention", tokens.device)(tokens, *attention)
         expand_video = self.op("video_expand_residual", video.device)
         expand_audio = self.op("audio_expand_residual", audio.device)
         video = expand_video(video, mixed[:, : -self.frames], *_tensors(self.video_expand), self.window)

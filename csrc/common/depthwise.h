@@ -1,5 +1,6 @@
 // CPU building blocks shared by the per-image fused ops (large_kernel_attention, conv_mlp): bordered
-// planes that carry a convolution's zero padding, vectorised depthwise rows and their weight gradients,
+// planes that carry a convolution's zero padding, vectorised depthwise rows and their weight gradients, the
+// 1x1 convolution's blocked multiply-adds,
 // plane sums and dot products, partial-vector loads, per-thread gradient accumulators, the lane-width
 // choice and the input checks of (N, C, H, W) ops.
 // Depthwise rows are computed `cols` = width rounded up to whole vectors wide. The pad columns of a
@@ -73,6 +74,24 @@ AVFUSED_INLINE void depthwise_chunks(const float* in, int64_t in_stride, const f
     }
   }
   for (int u = 0; u < U; ++u) simd::store(out + u * W, kRelu ? (acc[u] > 0.f ? acc[u] : V{}) : acc[u]);
+}
+
+// A 1x1 convolution's multiply-adds for B output channels at U W positions: acc[b][u] += sum_c
+// w[b in_channels + c] in[c in_stride + u W] (w: the B rows of those channels). Each input vector is loaded
+// once for all B channels; one output channel at a time, the loop is bound by its loads.
+template <int W, int U, int B>
+AVFUSED_INLINE void pointwise_accumulate(const float* in, int64_t in_stride, int64_t in_channels, const float* w,
+                                         typename simd::Vec<W>::f (&acc)[B][U]) {
+  using V = typename simd::Vec<W>::f;
+  for (int64_t c = 0; c < in_channels; ++c) {
+    V v[U];
+    for (int u = 0; u < U; ++u) v[u] = simd::load<V>(in + c * in_stride + u * W);
+#pragma GCC unroll 8
+    for (int b = 0; b < B; ++b) {
+      const float tap = w[b * in_channels + c];
+      for (int u = 0; u < U; ++u) acc[b][u] += tap * v[u];
+    }
+  }
 }
 
 // One output row of a depthwise K x K conv with dilation D over a bordered plane's window.

@@ -64,15 +64,7 @@ AVFUSED_INLINE void expand_chunks(const float* weight, const float* bias, int64_
   for (int g = 0; g < G; ++g) {
     for (int u = 0; u < U; ++u) acc[g][u] = simd::splat<V>(bias == nullptr ? 0.f : bias[e0 + g]);
   }
-  for (int64_t c = 0; c < in_channels; ++c) {
-    V pixels[U];
-    for (int u = 0; u < U; ++u) pixels[u] = simd::load<V>(input + c * plane + u * W);
-#pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) {
-      const float tap = weight[(e0 + g) * in_channels + c];
-      for (int u = 0; u < U; ++u) acc[g][u] += tap * pixels[u];
-    }
-  }
+  pointwise_accumulate<W, U, G>(input, plane, in_channels, weight + e0 * in_channels, acc);
   for (int g = 0; g < G; ++g) {
     for (int u = 0; u < U; ++u) simd::store(hidden + g * plane + u * W, acc[g][u]);
   }

@@ -50,8 +50,7 @@ AVFUSED_INLINE void context_planes(const LkaArgs& a, const float* p, BorderedPla
 
 // The gate g[co][x] = b1[co] + sum_ci w1[co][ci] context[ci][x] of output channels co .. co + B - 1 for U W
 // pixels of one row, of which `valid` are inside the image. Forward: out = p g. Backward (kGrad): out = grad g
-// (dp's first term) and dgate = grad p (zero past the image). B channels at a time, so that each context
-// vector loaded feeds B multiply-adds (one at a time, the 1x1 is bound by its loads).
+// (dp's first term) and dgate = grad p (zero past the image).
 template <int W, int U, int B, bool kGrad>
 AVFUSED_INLINE void gate_block(const LkaArgs& a, const float* context, int64_t context_plane, const float* p,
                                const float* grad, float* out, float* dgate, int64_t valid, int64_t co) {
@@ -61,15 +60,7 @@ AVFUSED_INLINE void gate_block(const LkaArgs& a, const float* context, int64_t c
   for (int b = 0; b < B; ++b) {
     for (int u = 0; u < U; ++u) acc[b][u] = simd::splat<V>(a.b1[co + b]);
   }
-  for (int64_t ci = 0; ci < channels; ++ci) {
-    const float* source = context + ci * context_plane;
-    V v[U];
-    for (int u = 0; u < U; ++u) v[u] = simd::load<V>(source + u * W);
-    for (int b = 0; b < B; ++b) {
-      const float tap = a.w1[(co + b) * channels + ci];
-      for (int u = 0; u < U; ++u) acc[b][u] += tap * v[u];
-    }
-  }
+  pointwise_accumulate<W, U, B>(context, context_plane, channels, a.w1 + co * channels, acc);
   for (int b = 0; b < B; ++b) {
     for (int u = 0; u < U; ++u) {
       const int64_t offset = (co + b) * plane + u * W, count = std::min<int64_t>(W, valid - u * W);

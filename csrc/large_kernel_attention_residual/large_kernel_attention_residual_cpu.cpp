@@ -28,8 +28,7 @@ struct ResidualArgs {
 
 // out[co] = start[co] + sum_ci w[co][ci] in[ci] for output channels co .. co + B - 1 over U W values of each
 // plane (planes in_stride apart in `in`, out_stride apart in residual and out); start is residual[co] where
-// there is a residual, else bias[co]; ReLU'd where kRelu. B channels at a time, so that each input vector
-// loaded feeds B multiply-adds (a 1x1 convolution is otherwise bound by its loads).
+// there is a residual, else bias[co]; ReLU'd where kRelu.
 template <int W, int U, int B, bool kRelu>
 AVFUSED_INLINE void pointwise_block(const float* in, int64_t in_stride, const float* w, const float* bias,
                                     const float* residual, float* out, int64_t out_stride, int64_t channels,
@@ -42,14 +41,7 @@ AVFUSED_INLINE void pointwise_block(const float* in, int64_t in_stride, const fl
                                       : simd::splat<V>(bias[co + b]);
     }
   }
-  for (int64_t ci = 0; ci < channels; ++ci) {
-    V v[U];
-    for (int u = 0; u < U; ++u) v[u] = simd::load<V>(in + ci * in_stride + u * W);
-    for (int b = 0; b < B; ++b) {
-      const float tap = w[(co + b) * channels + ci];
-      for (int u = 0; u < U; ++u) acc[b][u] += tap * v[u];
-    }
-  }
+  pointwise_accumulate<W, U, B>(in, in_stride, channels, w + co * channels, acc);
   for (int b = 0; b < B; ++b) {
     for (int u = 0; u < U; ++u) {
       simd::store(out + (co + b) * out_stride + u * W, kRelu ? (acc[b][u] > 0.f ? acc[b][u] : V{}) : acc[b][u]);
